@@ -213,42 +213,51 @@ def normalize_relevance(M: torch.Tensor) -> torch.Tensor:
     return torch.where(norms > 0, M / norms.clamp_min(torch.finfo(M.dtype).tiny), 0.0)
 
 
-def _relevance_backward(ctx, grad_ds, grad_divisor):
-    """Gradient of ``ds = u / divisor`` with ``u = mask * (dt @ M.T) * channel_scale``."""
-    M, dt, channel_scale, ds, divisor = ctx.saved_tensors
-    r = dt @ M.T
-    mask = (r.abs() >= ctx.threshold).to(r.dtype)
-    g = grad_ds.to(r.dtype)
-    out = ds.to(r.dtype)
-    div = divisor.to(r.dtype).unsqueeze(1)
-    safe = torch.where(div > 0, div, torch.ones_like(div))
+def _relevance_backward(ctx, grad_ds, _grad_divisor):
+    """Gradient of ``ds = u / divisor(u)``, ``u = mask * (dt @ M.T) * channel_scale``, with
+    the threshold mask held constant. Recomputes ``u`` (one GEMM) instead of storing it."""
+    M, dt, channel_scale = ctx.saved_tensors
+    compute = torch.float64 if M.dtype == torch.float64 else torch.float32
+    Mc, dtc = M.to(compute), dt.to(compute)
+    r = dtc @ Mc.T  # (A, C)
+    mask = (r.abs() >= ctx.threshold).to(compute)
+    scale = channel_scale.to(compute) if channel_scale is not None else None
+    u = r * mask if scale is None else r * mask * scale
+    g = grad_ds.to(compute)
     if ctx.normalize == "none":
         grad_u = g
-    elif ctx.normalize == "absmax":
-        # d(u / max|u|): the max is attained where |out| == 1.
-        peak = (out.abs() == 1).to(r.dtype)
-        peak = peak / peak.sum(1, keepdim=True).clamp_min(1)
-        grad_u = (g - (g * out).sum(1, keepdim=True) * peak * out.sign()) / safe
     else:
-        grad_u = (g - out * (g * out).sum(1, keepdim=True)) / safe
-    grad_u = torch.where(div > 0, grad_u, torch.zeros_like(grad_u)) if ctx.normalize != "none" else grad_u
+        if ctx.normalize == "absmax":
+            divisor = u.abs().amax(dim=1, keepdim=True)
+            # d(u / max|u|): a subgradient that splits ties between the maxima.
+            peak = (u.abs() == divisor).to(compute)
+            direction = peak * u.sign() / peak.sum(1, keepdim=True).clamp_min(1)
+        else:
+            divisor = u.norm(dim=1, keepdim=True)
+            direction = None
+        safe = torch.where(divisor > 0, divisor, torch.ones_like(divisor))
+        out = u / safe
+        if direction is None:
+            direction = out
+        grad_u = (g - direction * (g * out).sum(1, keepdim=True)) / safe
+        grad_u = torch.where(divisor > 0, grad_u, torch.zeros_like(grad_u))
     grad_r = grad_u * mask
     grad_cs = None
-    if channel_scale is not None:
-        grad_cs = (grad_r * r).sum(0).to(channel_scale.dtype) if ctx.needs_input_grad[4] else None
-        grad_r = grad_r * channel_scale.to(r.dtype)
-    grad_M = (grad_r.T @ dt).to(M.dtype) if ctx.needs_input_grad[0] else None
-    grad_dt = (grad_r @ M).to(dt.dtype) if ctx.needs_input_grad[1] else None
+    if scale is not None:
+        if ctx.needs_input_grad[4]:
+            grad_cs = (grad_r * r).sum(0).to(channel_scale.dtype)
+        grad_r = grad_r * scale
+    grad_M = (grad_r.T @ dtc).to(M.dtype) if ctx.needs_input_grad[0] else None
+    grad_dt = (grad_r @ Mc).to(dt.dtype) if ctx.needs_input_grad[1] else None
     return grad_M, grad_dt, None, None, grad_cs
 
 
 def _relevance_setup_context(ctx, inputs, output):
     M, dt, threshold, normalize, channel_scale = inputs
-    ds, divisor = output
     ctx.threshold = threshold
     ctx.normalize = normalize
-    ctx.mark_non_differentiable(divisor)
-    ctx.save_for_backward(M, dt, channel_scale, ds, divisor)
+    ctx.mark_non_differentiable(output[1])
+    ctx.save_for_backward(M, dt, channel_scale)
 
 
 if has_compiled_ops():

@@ -12,7 +12,7 @@ original against them.
 
 from __future__ import annotations
 
-import functools
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -30,9 +30,12 @@ from vmd_fast.ops._backend import (
 _MAX_WINDOW = 31  # csrc/ops/common.h kMaxWindow
 
 
-@functools.lru_cache(maxsize=64)
 def _gaussian_taps(win_size: int, win_sigma: float) -> Tuple[float, ...]:
-    return tuple(reference.gaussian_window(win_size, win_sigma).tolist())
+    """:func:`reference.gaussian_window` in plain Python (traceable by torch.compile)."""
+    centre = (win_size - 1) / 2
+    g = [math.exp(-((i - centre) ** 2) / (2 * win_sigma**2)) for i in range(win_size)]
+    total = math.fsum(g)
+    return tuple(v / total for v in g)
 
 
 def _window_taps(win_size: int, win_sigma: float, win: Optional[torch.Tensor]) -> Tuple[float, ...]:

@@ -25,7 +25,12 @@ PerSample = Union[float, torch.Tensor]
 
 
 def _aliases(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """True when ``a`` and ``b`` view exactly the same memory."""
+    """True when ``a`` and ``b`` are the same tensor or view exactly the same memory
+    (under torch.compile, where data pointers are not traceable, only the former)."""
+    if a is b:
+        return True
+    if torch.compiler.is_compiling():
+        return False
     return (
         a.data_ptr() == b.data_ptr()
         and a.shape == b.shape
@@ -38,8 +43,10 @@ def _check_out(out: Optional[torch.Tensor], x: torch.Tensor, x_name: str, inputs
     if out is None:
         return
     check_like(out, x, "out", x_name)
+    if torch.compiler.is_compiling():
+        return
     for name, t in {x_name: x, **inputs}.items():
-        if out is not t and not _aliases(out, t) and _overlaps(out, t):
+        if not _aliases(out, t) and _overlaps(out, t):
             raise ValueError(f"out partially overlaps {name}; pass out={x_name} or a separate tensor")
 
 
@@ -129,7 +136,7 @@ def projected_sign_step(
     ops = torch.ops.vmd_fast
     if out is None:
         return ops.projected_sign_step(x, grad, origin, step_t, eps_t, lo, hi)
-    if out is x or _aliases(out, x):
+    if _aliases(out, x):
         ops.projected_sign_step_(x, grad, origin, step_t, eps_t, lo, hi)
         return x
     ops.projected_sign_step_out(x, grad, origin, step_t, eps_t, lo, hi, out)
@@ -181,7 +188,7 @@ def clamp_gd_step(
     ops = torch.ops.vmd_fast
     if out is None:
         return ops.clamp_gd_step(w, grad, lr_t, eps_t)
-    if out is w or _aliases(out, w):
+    if _aliases(out, w):
         ops.clamp_gd_step_(w, grad, lr_t, eps_t)
         return w
     ops.clamp_gd_step_out(w, grad, lr_t, eps_t, out)
