@@ -1,7 +1,10 @@
 """Build of vmd_fast and its compiled kernels, vmd_fast._C.
 
 The CUDA kernels are compiled when nvcc is found (CUDA_HOME, or nvcc on PATH), or when
-VMD_FAST_CUDA=1; VMD_FAST_CUDA=0 forces the CPU-only C++ build. No GPU is needed to
+VMD_FAST_CUDA=1; VMD_FAST_CUDA=0 forces the CPU-only C++ build. VMD_FAST_SKIP_EXT=1
+installs the Python package alone (scripts/setup.sh compiles the extension in place with
+`python setup.py build_ext --inplace`, which reuses its ninja build directory, then
+installs the package with the extension skipped so nothing is compiled twice). No GPU is needed to
 compile them: set TORCH_CUDA_ARCH_LIST (e.g. "9.0" for H100/H200) on a machine without
 one. Build against the installed torch with ``pip install --no-build-isolation -e .``.
 """
@@ -75,8 +78,9 @@ def _extension():
 def main():
     from torch.utils.cpp_extension import BuildExtension
 
+    skip = os.environ.get("VMD_FAST_SKIP_EXT", "").strip().lower() in ("1", "true", "yes", "on")
     setup(
-        ext_modules=[_extension()],
+        ext_modules=[] if skip else [_extension()],
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     )
 
