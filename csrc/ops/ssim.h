@@ -45,22 +45,24 @@ struct SsimPoint {
   acc_t d12;  // dS/dm12
 };
 
+// Also instantiated with SIMD vector types by the CPU kernels (hence `acc_t{} + 2`).
 template <typename acc_t>
 C10_HOST_DEVICE inline SsimPoint<acc_t> ssim_point(acc_t m1, acc_t m2, acc_t m11, acc_t m22,
                                                    acc_t m12, acc_t c1, acc_t c2) {
+  const acc_t two = acc_t{} + 2;
   const acc_t var_x = m11 - m1 * m1;
   const acc_t var_y = m22 - m2 * m2;
   const acc_t cov = m12 - m1 * m2;
   const acc_t den_l = m1 * m1 + m2 * m2 + c1;
   const acc_t den_cs = var_x + var_y + c2;
-  const acc_t l = (acc_t(2) * m1 * m2 + c1) / den_l;
-  const acc_t cs = (acc_t(2) * cov + c2) / den_cs;
+  const acc_t l = (two * m1 * m2 + c1) / den_l;
+  const acc_t cs = (two * cov + c2) / den_cs;
   SsimPoint<acc_t> p;
   p.s = l * cs;
-  p.d1 = acc_t(2) * (m2 - m1 * l) / den_l * cs + acc_t(2) * l * (m1 * cs - m2) / den_cs;
-  p.d2 = acc_t(2) * (m1 - m2 * l) / den_l * cs + acc_t(2) * l * (m2 * cs - m1) / den_cs;
+  p.d1 = two * (m2 - m1 * l) / den_l * cs + two * l * (m1 * cs - m2) / den_cs;
+  p.d2 = two * (m1 - m2 * l) / den_l * cs + two * l * (m2 * cs - m1) / den_cs;
   p.d11 = -l * cs / den_cs;
-  p.d12 = acc_t(2) * l / den_cs;
+  p.d12 = two * l / den_cs;
   return p;
 }
 

@@ -1,5 +1,5 @@
-// CPU kernel of the fused CLIP-consistency loss: one task a block of rows, three sweeps
-// over each row (maxima, normalisers, loss and gradients) with no temporaries.
+// CPU kernel of the fused CLIP-consistency loss: one task a block of rows, a few sweeps
+// over each row (maxima, two vectorised exponentials, normalisers, loss and gradients).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -7,10 +7,11 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <limits>
 #include <tuple>
+#include <vector>
 
 #include "../clip_consistency.h"
+#include "simd_rows.h"
 
 namespace vmd_fast::ops {
 namespace {
@@ -38,37 +39,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_consistency_forward_cpu(
     scalar_t* gep = want_e ? grad_e.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gop = want_o ? grad_o.mutable_data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+      // Per row: the shifted edit logits, then the unnormalised q and p.
+      std::vector<acc_t> shifted(K), q(K), p(K);
       for (int64_t b = begin; b < end; ++b) {
         const scalar_t* e = ep + b * K;
         const scalar_t* o = op + b * K;
-        acc_t max_e = -std::numeric_limits<acc_t>::infinity();
-        acc_t max_o = max_e;
         for (int64_t k = 0; k < K; ++k) {
-          max_e = std::max(max_e, static_cast<acc_t>(e[k]) * inv_t);
-          max_o = std::max(max_o, static_cast<acc_t>(o[k]) * inv_t);
+          shifted[k] = static_cast<acc_t>(e[k]) * inv_t;
+          p[k] = static_cast<acc_t>(o[k]) * inv_t;
         }
-        acc_t z_e = 0, z_o = 0, cross = 0;  // cross = sum exp(o/T - max_o) * (e/T - max_e)
+        const acc_t max_e = cpu_rows::row_max(shifted.data(), K);
+        const acc_t max_o = cpu_rows::row_max(p.data(), K);
         for (int64_t k = 0; k < K; ++k) {
-          const acc_t se = static_cast<acc_t>(e[k]) * inv_t - max_e;
-          const acc_t po = std::exp(static_cast<acc_t>(o[k]) * inv_t - max_o);
-          z_e += std::exp(se);
-          z_o += po;
-          cross += po * se;
+          shifted[k] -= max_e;
+          p[k] -= max_o;
+          q[k] = shifted[k];
         }
+        cpu_rows::exp_in_place(q.data(), K);
+        cpu_rows::exp_in_place(p.data(), K);
+        const acc_t z_e = cpu_rows::row_sum(q.data(), K);
+        const acc_t z_o = cpu_rows::row_sum(p.data(), K);
+        const acc_t cross = cpu_rows::row_dot(p.data(), shifted.data(), K);
         const acc_t log_z_e = std::log(z_e);
         // -sum p log q = log Z_e - sum p (e/T - max_e)
         const acc_t row_loss = log_z_e - cross / z_o;
         lp[b] = row_loss;
-        if (gep != nullptr || gop != nullptr) {
+        const acc_t inv_z_e = acc_t(1) / z_e, inv_z_o = acc_t(1) / z_o;
+        if (gep != nullptr) {
           for (int64_t k = 0; k < K; ++k) {
-            const acc_t log_q = static_cast<acc_t>(e[k]) * inv_t - max_e - log_z_e;
-            const acc_t p = std::exp(static_cast<acc_t>(o[k]) * inv_t - max_o) / z_o;
-            if (gep != nullptr) {
-              gep[b * K + k] = static_cast<scalar_t>((std::exp(log_q) - p) * inv_t);
-            }
-            if (gop != nullptr) {
-              gop[b * K + k] = static_cast<scalar_t>(-p * (log_q + row_loss) * inv_t);
-            }
+            gep[b * K + k] = static_cast<scalar_t>((q[k] * inv_z_e - p[k] * inv_z_o) * inv_t);
+          }
+        }
+        if (gop != nullptr) {
+          for (int64_t k = 0; k < K; ++k) {
+            const acc_t log_q = shifted[k] - log_z_e;
+            gop[b * K + k] = static_cast<scalar_t>(-p[k] * inv_z_o * (log_q + row_loss) * inv_t);
           }
         }
       }

@@ -15,49 +15,33 @@
 #include <vector>
 
 #include "../ssim.h"
+#include "simd_rows.h"
 
 namespace vmd_fast::ops {
 namespace {
 
 // Valid separable blur of NQ per-pixel quantities of one H x W plane with the K-tap
-// window `w`. load(i, rows) writes the NQ quantities of input row i to rows[q * W + j];
-// emit(i, blurred) receives output row i as blurred[q * Wv + j].
+// window `w`, streamed row by row over rows padded to a multiple of the vector width.
+// load(i, rows, stride) writes the NQ quantities of input row i to rows[q * stride + j]
+// (j < W; the padding stays zero); emit(i, blurred, stride) receives output row i as
+// blurred[q * stride + j] (j < Wv valid, then padding).
 template <int NQ, typename acc_t, typename Load, typename Emit>
 void blur_plane(int64_t H, int64_t W, const acc_t* w, int64_t K, std::vector<acc_t>& scratch,
                 const Load& load, const Emit& emit) {
   const int64_t Hv = valid_size(H, K);
-  const int64_t Wv = valid_size(W, K);
-  scratch.resize(NQ * W + NQ * H * Wv + NQ * Wv);
+  const int64_t Wv_pad = cpu_rows::padded(valid_size(W, K));
+  const int64_t W_pad = Wv_pad + K - 1;
+  scratch.assign(NQ * W_pad + NQ * H * Wv_pad + NQ * Wv_pad, acc_t(0));
   acc_t* rows = scratch.data();
-  acc_t* hbuf = rows + NQ * W;
-  acc_t* vbuf = hbuf + NQ * H * Wv;
+  acc_t* hbuf = rows + NQ * W_pad;  // (NQ, H, Wv_pad): every input row blurred along x
+  acc_t* vbuf = hbuf + NQ * H * Wv_pad;
   for (int64_t i = 0; i < H; ++i) {
-    load(i, rows);
-    for (int q = 0; q < NQ; ++q) {
-      acc_t* h = hbuf + (q * H + i) * Wv;
-      std::fill(h, h + Wv, acc_t(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const acc_t wk = w[k];
-        const acc_t* src = rows + q * W + k;
-        for (int64_t j = 0; j < Wv; ++j) {
-          h[j] += wk * src[j];
-        }
-      }
-    }
+    load(i, rows, W_pad);
+    cpu_rows::blur_along_row(rows, W_pad, NQ, w, K, Wv_pad, hbuf + i * Wv_pad, H * Wv_pad);
   }
   for (int64_t i = 0; i < Hv; ++i) {
-    for (int q = 0; q < NQ; ++q) {
-      acc_t* v = vbuf + q * Wv;
-      std::fill(v, v + Wv, acc_t(0));
-      for (int64_t k = 0; k < K; ++k) {
-        const acc_t wk = w[k];
-        const acc_t* h = hbuf + (q * H + i + k) * Wv;
-        for (int64_t j = 0; j < Wv; ++j) {
-          v[j] += wk * h[j];
-        }
-      }
-    }
-    emit(i, vbuf);
+    cpu_rows::blur_down_columns(hbuf, H * Wv_pad, i, NQ, w, K, Wv_pad, vbuf);
+    emit(i, vbuf, Wv_pad);
   }
 }
 
@@ -81,6 +65,7 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_impl(const at::Tensor& x_in,
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K = static_cast<int64_t>(window.size());
   const int64_t Hv = valid_size(H, K), Wv = valid_size(W, K);
+  const int64_t Wv_pad = cpu_rows::padded(Wv);
   const int64_t per_ref = N / y.size(0);
   const int64_t nmaps = ssim_num_maps(grad_mode);
   const auto acc_type = at::toOpMathType(x.scalar_type());
@@ -101,24 +86,28 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_impl(const at::Tensor& x_in,
     const int64_t plane = H * W, vplane = Hv * Wv, map_stride = N * C * vplane;
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<acc_t> scratch;
+      // S and its four partials for one output row, then the cached reference moments.
+      std::vector<acc_t> point_rows(7 * Wv_pad, acc_t(0));
+      acc_t* out = point_rows.data();
+      acc_t* ref_mu = out + 5 * Wv_pad;
+      acc_t* ref_eyy = out + 6 * Wv_pad;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ref = (p / C / per_ref) * C + p % C;
         const scalar_t* xs = xp + p * plane;
         const scalar_t* ys = yp + ref * plane;
         acc_t* maps_p = mp != nullptr ? mp + p * vplane : nullptr;
         double total = 0;
-        // Writes S and the partials of one output row whose moments are known.
-        auto emit_point = [&](int64_t i, int64_t j, acc_t m1, acc_t m2, acc_t m11, acc_t m22,
-                              acc_t m12) {
-          const auto pt = ssim_point(m1, m2, m11, m22, m12, c1, c2);
-          total += pt.s;
+        auto emit_row = [&](int64_t i, const acc_t* m1, const acc_t* m2, const acc_t* m11,
+                            const acc_t* m22, const acc_t* m12) {
+          total += cpu_rows::ssim_along_row(m1, m2, m11, m22, m12, Wv_pad, Wv, c1, c2, out,
+                                            out + Wv_pad, out + 2 * Wv_pad, out + 3 * Wv_pad,
+                                            out + 4 * Wv_pad);
           if (maps_p != nullptr) {
-            const int64_t o = i * Wv + j;
-            maps_p[o] = pt.d1;
-            maps_p[map_stride + o] = pt.d11;
-            maps_p[2 * map_stride + o] = pt.d12;
-            if (nmaps == 4) {
-              maps_p[3 * map_stride + o] = pt.d2;
+            // Map order: dS/dm1, dS/dm11, dS/dm12[, dS/dm2].
+            const acc_t* order[4] = {out + Wv_pad, out + 3 * Wv_pad, out + 4 * Wv_pad,
+                                     out + 2 * Wv_pad};
+            for (int64_t m = 0; m < nmaps; ++m) {
+              std::copy(order[m], order[m] + Wv, maps_p + m * map_stride + i * Wv);
             }
           }
         };
@@ -127,40 +116,36 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_impl(const at::Tensor& x_in,
           const acc_t* eyy_p = eyy.const_data_ptr<acc_t>() + ref * vplane;
           blur_plane<3, acc_t>(
               H, W, w.data(), K, scratch,
-              [&](int64_t i, acc_t* rows) {
+              [&](int64_t i, acc_t* rows, int64_t stride) {
                 for (int64_t j = 0; j < W; ++j) {
                   const acc_t a = static_cast<acc_t>(xs[i * W + j]);
                   const acc_t b = static_cast<acc_t>(ys[i * W + j]);
                   rows[j] = a;
-                  rows[W + j] = a * a;
-                  rows[2 * W + j] = a * b;
+                  rows[stride + j] = a * a;
+                  rows[2 * stride + j] = a * b;
                 }
               },
-              [&](int64_t i, const acc_t* v) {
-                for (int64_t j = 0; j < Wv; ++j) {
-                  emit_point(i, j, v[j], mu_p[i * Wv + j], v[Wv + j], eyy_p[i * Wv + j],
-                             v[2 * Wv + j]);
-                }
+              [&](int64_t i, const acc_t* v, int64_t stride) {
+                std::copy(mu_p + i * Wv, mu_p + (i + 1) * Wv, ref_mu);
+                std::copy(eyy_p + i * Wv, eyy_p + (i + 1) * Wv, ref_eyy);
+                emit_row(i, v, ref_mu, v + stride, ref_eyy, v + 2 * stride);
               });
         } else {
           blur_plane<5, acc_t>(
               H, W, w.data(), K, scratch,
-              [&](int64_t i, acc_t* rows) {
+              [&](int64_t i, acc_t* rows, int64_t stride) {
                 for (int64_t j = 0; j < W; ++j) {
                   const acc_t a = static_cast<acc_t>(xs[i * W + j]);
                   const acc_t b = static_cast<acc_t>(ys[i * W + j]);
                   rows[j] = a;
-                  rows[W + j] = b;
-                  rows[2 * W + j] = a * a;
-                  rows[3 * W + j] = b * b;
-                  rows[4 * W + j] = a * b;
+                  rows[stride + j] = b;
+                  rows[2 * stride + j] = a * a;
+                  rows[3 * stride + j] = b * b;
+                  rows[4 * stride + j] = a * b;
                 }
               },
-              [&](int64_t i, const acc_t* v) {
-                for (int64_t j = 0; j < Wv; ++j) {
-                  emit_point(i, j, v[j], v[Wv + j], v[2 * Wv + j], v[3 * Wv + j],
-                             v[4 * Wv + j]);
-                }
+              [&](int64_t i, const acc_t* v, int64_t stride) {
+                emit_row(i, v, v + stride, v + 2 * stride, v + 3 * stride, v + 4 * stride);
               });
         }
         sp[p] = static_cast<acc_t>(total / static_cast<double>(vplane));
@@ -218,16 +203,16 @@ std::tuple<at::Tensor, at::Tensor> ssim_reference_stats_cpu(const at::Tensor& y_
         const scalar_t* ys = yp + p * H * W;
         blur_plane<2, acc_t>(
             H, W, w.data(), K, scratch,
-            [&](int64_t i, acc_t* rows) {
+            [&](int64_t i, acc_t* rows, int64_t stride) {
               for (int64_t j = 0; j < W; ++j) {
                 const acc_t b = static_cast<acc_t>(ys[i * W + j]);
                 rows[j] = b;
-                rows[W + j] = b * b;
+                rows[stride + j] = b * b;
               }
             },
-            [&](int64_t i, const acc_t* v) {
+            [&](int64_t i, const acc_t* v, int64_t stride) {
               std::copy(v, v + Wv, mup + (p * Hv + i) * Wv);
-              std::copy(v + Wv, v + 2 * Wv, ep + (p * Hv + i) * Wv);
+              std::copy(v + stride, v + stride + Wv, ep + (p * Hv + i) * Wv);
             });
       }
     });
@@ -266,56 +251,49 @@ std::tuple<at::Tensor, at::Tensor> ssim_backward_cpu(const at::Tensor& grad,
     scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
     scalar_t* gyp = nmaps == 4 ? gy.mutable_data_ptr<scalar_t>() : nullptr;
     const int64_t plane = H * W, vplane = Hv * Wv, map_stride = N * C * vplane;
+    // The transposed horizontal blur is a forward blur with the window reversed over rows
+    // shifted right by K - 1 zeros.
+    std::vector<acc_t> w_rev(w.rbegin(), w.rend());
+    const int64_t Wv_pad = cpu_rows::padded(Wv);
+    const int64_t W_pad = cpu_rows::padded(W);
+    const int64_t shifted_len = W_pad + K - 1;
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> cols(nmaps * H * Wv);  // after the transposed vertical pass
-      std::vector<acc_t> full(nmaps * W);       // one row after the horizontal pass
+      // This plane's partials with padded rows, a shifted row of their vertical
+      // transposed blur, its horizontal transposed blur, and the image rows.
+      std::vector<acc_t> padded_maps(nmaps * Hv * Wv_pad, acc_t(0));
+      std::vector<acc_t> shifted(nmaps * shifted_len, acc_t(0));
+      std::vector<acc_t> full(nmaps * W_pad);
+      std::vector<acc_t> a(W_pad, acc_t(0)), b(W_pad, acc_t(0)), g(W_pad);
       for (int64_t p = begin; p < end; ++p) {
         const int64_t ref = (p / C / per_ref) * C + p % C;
         const acc_t scale = gp[p] / static_cast<acc_t>(vplane);
-        std::fill(cols.begin(), cols.end(), acc_t(0));
-        for (int64_t i = 0; i < Hv; ++i) {
-          for (int64_t k = 0; k < K; ++k) {
-            const acc_t wk = w[k];
-            for (int64_t m = 0; m < nmaps; ++m) {
-              const acc_t* src = mp + m * map_stride + p * vplane + i * Wv;
-              acc_t* dst = cols.data() + (m * H + i + k) * Wv;
-              for (int64_t j = 0; j < Wv; ++j) {
-                dst[j] += wk * src[j];
-              }
-            }
+        for (int64_t m = 0; m < nmaps; ++m) {
+          for (int64_t i = 0; i < Hv; ++i) {
+            const acc_t* src = mp + m * map_stride + p * vplane + i * Wv;
+            std::copy(src, src + Wv, padded_maps.data() + (m * Hv + i) * Wv_pad);
           }
         }
         const scalar_t* xs = xp + p * plane;
         const scalar_t* ys = yp + ref * plane;
         for (int64_t r = 0; r < H; ++r) {
-          std::fill(full.begin(), full.end(), acc_t(0));
-          for (int64_t m = 0; m < nmaps; ++m) {
-            const acc_t* src = cols.data() + (m * H + r) * Wv;
-            acc_t* dst = full.data() + m * W;
-            for (int64_t k = 0; k < K; ++k) {
-              const acc_t wk = w[k];
-              for (int64_t j = 0; j < Wv; ++j) {
-                dst[j + k] += wk * src[j];
-              }
-            }
+          cpu_rows::gather_up_columns(padded_maps.data(), Hv * Wv_pad, static_cast<int>(nmaps),
+                                      r, Hv, w.data(), K, Wv_pad, shifted.data() + K - 1,
+                                      shifted_len);
+          cpu_rows::blur_along_row(shifted.data(), shifted_len, static_cast<int>(nmaps),
+                                   w_rev.data(), K, W_pad, full.data(), W_pad);
+          for (int64_t q = 0; q < W; ++q) {
+            a[q] = static_cast<acc_t>(xs[r * W + q]);
+            b[q] = static_cast<acc_t>(ys[r * W + q]);
           }
           const acc_t* d1 = full.data();
-          const acc_t* d11 = d1 + W;
-          const acc_t* d12 = d11 + W;
-          for (int64_t q = 0; q < W; ++q) {
-            const acc_t a = static_cast<acc_t>(xs[r * W + q]);
-            const acc_t b = static_cast<acc_t>(ys[r * W + q]);
-            gxp[p * plane + r * W + q] =
-                static_cast<scalar_t>(scale * (d1[q] + acc_t(2) * a * d11[q] + b * d12[q]));
-          }
+          const acc_t* d11 = d1 + W_pad;
+          const acc_t* d12 = d11 + W_pad;
+          cpu_rows::ssim_gradient_row(a.data(), b.data(), d1, d11, d12, scale, W_pad, g.data());
+          std::copy(g.begin(), g.begin() + W, gxp + p * plane + r * W);
           if (gyp != nullptr) {
-            const acc_t* d2 = d12 + W;
-            for (int64_t q = 0; q < W; ++q) {
-              const acc_t a = static_cast<acc_t>(xs[r * W + q]);
-              const acc_t b = static_cast<acc_t>(ys[r * W + q]);
-              gyp[p * plane + r * W + q] =
-                  static_cast<scalar_t>(scale * (d2[q] + acc_t(2) * b * d11[q] + a * d12[q]));
-            }
+            cpu_rows::ssim_gradient_row(b.data(), a.data(), d12 + W_pad, d11, d12, scale, W_pad,
+                                        g.data());
+            std::copy(g.begin(), g.begin() + W, gyp + p * plane + r * W);
           }
         }
       }
