@@ -40,30 +40,30 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock)
   const auto maxf = [](acc_t a, acc_t c) { return a > c ? a : c; };
   acc_t max_e = -INFINITY, max_o = -INFINITY;
   for (int64_t k = lane; k < K; k += 32) {
-    max_e = max(max_e, static_cast<acc_t>(e[k]) * inv_t);
-    max_o = max(max_o, static_cast<acc_t>(o[k]) * inv_t);
+    max_e = cuda::dev_max(max_e, static_cast<acc_t>(e[k]) * inv_t);
+    max_o = cuda::dev_max(max_o, static_cast<acc_t>(o[k]) * inv_t);
   }
   max_e = warp_all_reduce(max_e, maxf);
   max_o = warp_all_reduce(max_o, maxf);
   acc_t z_e = 0, z_o = 0, cross = 0;
   for (int64_t k = lane; k < K; k += 32) {
     const acc_t se = static_cast<acc_t>(e[k]) * inv_t - max_e;
-    const acc_t po = exp(static_cast<acc_t>(o[k]) * inv_t - max_o);
-    z_e += exp(se);
+    const acc_t po = cuda::dev_exp(static_cast<acc_t>(o[k]) * inv_t - max_o);
+    z_e += cuda::dev_exp(se);
     z_o += po;
     cross += po * se;
   }
   z_e = warp_all_reduce(z_e, add);
   z_o = warp_all_reduce(z_o, add);
   cross = warp_all_reduce(cross, add);
-  const acc_t log_z_e = log(z_e);
+  const acc_t log_z_e = cuda::dev_log(z_e);
   const acc_t row_loss = log_z_e - cross / z_o;
   if (lane == 0) loss[b] = row_loss;
   if (grad_e == nullptr && grad_o == nullptr) return;
   for (int64_t k = lane; k < K; k += 32) {
     const acc_t log_q = static_cast<acc_t>(e[k]) * inv_t - max_e - log_z_e;
-    const acc_t p = exp(static_cast<acc_t>(o[k]) * inv_t - max_o) / z_o;
-    if (grad_e != nullptr) grad_e[b * K + k] = static_cast<scalar_t>((exp(log_q) - p) * inv_t);
+    const acc_t p = cuda::dev_exp(static_cast<acc_t>(o[k]) * inv_t - max_o) / z_o;
+    if (grad_e != nullptr) grad_e[b * K + k] = static_cast<scalar_t>((cuda::dev_exp(log_q) - p) * inv_t);
     if (grad_o != nullptr) grad_o[b * K + k] = static_cast<scalar_t>(-p * (log_q + row_loss) * inv_t);
   }
 }

@@ -23,6 +23,21 @@ inline int sm_count(int device) {
   return count;
 }
 
+// Device math spelled out per type, so that an `acc_t` expression can never resolve to an
+// integer or host overload.
+__device__ __forceinline__ float dev_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double dev_abs(double x) { return fabs(x); }
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+__device__ __forceinline__ float dev_log(float x) { return logf(x); }
+__device__ __forceinline__ double dev_log(double x) { return log(x); }
+__device__ __forceinline__ float dev_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double dev_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float dev_min(float a, float b) { return fminf(a, b); }
+__device__ __forceinline__ double dev_min(double a, double b) { return fmin(a, b); }
+__device__ __forceinline__ float dev_max(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double dev_max(double a, double b) { return fmax(a, b); }
+
 // Reduction of `value` over a (1-D or 2-D) block with `combine`, valid in thread 0.
 // `shared` holds one slot per warp; blocks are whole warps.
 template <typename T, typename Combine>

@@ -54,8 +54,8 @@ struct ProjectedSign {
   __device__ __forceinline__ acc_t operator()(acc_t x, acc_t g, acc_t o, acc_t step, acc_t eps,
                                               acc_t lo, acc_t hi) const {
     acc_t v = x + step * sign_of(g);
-    v = min(max(v, o - eps), o + eps);
-    return min(max(v, lo), hi);
+    v = cuda::dev_min(cuda::dev_max(v, o - eps), o + eps);
+    return cuda::dev_min(cuda::dev_max(v, lo), hi);
   }
 };
 
@@ -63,7 +63,7 @@ struct ClampGd {
   template <typename acc_t>
   __device__ __forceinline__ acc_t operator()(acc_t w, acc_t g, acc_t, acc_t lr, acc_t eps, acc_t,
                                               acc_t) const {
-    return min(max(w - lr * g, -eps), eps);
+    return cuda::dev_min(cuda::dev_max(w - lr * g, -eps), eps);
   }
 };
 

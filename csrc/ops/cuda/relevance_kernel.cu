@@ -20,7 +20,7 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t thresholded(const acc_t* r, const acc_t* cs, int64_t c,
                                              acc_t threshold) {
   const acc_t v = r[c];
-  const acc_t u = abs(v) >= threshold ? v : acc_t(0);
+  const acc_t u = cuda::dev_abs(v) >= threshold ? v : acc_t(0);
   return cs != nullptr ? u * cs[c] : u;
 }
 
@@ -37,12 +37,12 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) {
     const acc_t u = thresholded(row, cs, c, threshold);
     sumsq += u * u;
-    absmax = max(absmax, abs(u));
+    absmax = cuda::dev_max(absmax, cuda::dev_abs(u));
   }
   sumsq = cuda::block_sum(sumsq, scratch);
   absmax = cuda::block_max(absmax, scratch);
   if (threadIdx.x == 0) {
-    row_l2 = sqrt(sumsq);
+    row_l2 = cuda::dev_sqrt(sumsq);
     row_absmax = absmax;
   }
   __syncthreads();
@@ -55,7 +55,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     scaled = cuda::block_sum(scaled, scratch);
     if (threadIdx.x == 0) {
-      row_l2 = row_absmax * sqrt(scaled);
+      row_l2 = row_absmax * cuda::dev_sqrt(scaled);
     }
     __syncthreads();
   }
