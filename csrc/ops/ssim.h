@@ -15,6 +15,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
+#include <vector>
+
 #include "common.h"
 
 namespace vmd_fast::ops {
@@ -64,6 +66,21 @@ C10_HOST_DEVICE inline SsimPoint<acc_t> ssim_point(acc_t m1, acc_t m2, acc_t m11
   p.d11 = -l * cs / den_cs;
   p.d12 = two * l / den_cs;
   return p;
+}
+
+// Checks of a forward entry point; returns the window as doubles. `cached` forwards take
+// the reference statistics (checked separately) and y may hold fewer images than x.
+inline std::vector<double> check_ssim_forward(const at::Tensor& x, const at::Tensor& y,
+                                              c10::ArrayRef<double> window, int64_t grad_mode,
+                                              bool cached, c10::DeviceType device_type) {
+  auto w = checked_window(window);
+  check_ssim_pair(x, y, static_cast<int64_t>(w.size()));
+  TORCH_CHECK(cached || x.size(0) == y.size(0), "x and y must have the same batch size, got ",
+              x.size(0), " and ", y.size(0));
+  TORCH_CHECK(x.device().type() == device_type, "x must be a ", c10::DeviceTypeName(device_type),
+              " tensor, got ", x.device());
+  check_ssim_grad_mode(grad_mode, cached);
+  return w;
 }
 
 inline void check_ssim_cache(const at::Tensor& y, const at::Tensor& mu_y,

@@ -8,6 +8,7 @@ They assume validated arguments (the wrappers in :mod:`vmd_fast.ops` check them)
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -104,12 +105,19 @@ def relevance_accumulate(
     return M
 
 
+def gaussian_taps(win_size: int, win_sigma: float) -> Tuple[float, ...]:
+    """Normalised 1-D Gaussian window of ``win_size`` taps as Python floats (as
+    pytorch_msssim's ``_fspecial_gauss_1d`` and scipy's ``gaussian_filter`` with
+    ``truncate=3.5``). Plain Python, so that torch.compile traces it."""
+    centre = (win_size - 1) / 2
+    g = [math.exp(-((i - centre) ** 2) / (2 * win_sigma**2)) for i in range(win_size)]
+    total = math.fsum(g)
+    return tuple(v / total for v in g)
+
+
 def gaussian_window(win_size: int, win_sigma: float) -> torch.Tensor:
-    """Normalised 1-D Gaussian window of ``win_size`` taps, float64 (as pytorch_msssim's
-    ``_fspecial_gauss_1d`` and scipy's ``gaussian_filter`` with ``truncate=3.5``)."""
-    coords = torch.arange(win_size, dtype=torch.float64) - (win_size - 1) / 2
-    g = torch.exp(-(coords**2) / (2 * win_sigma**2))
-    return g / g.sum()
+    """:func:`gaussian_taps` as a float64 tensor."""
+    return torch.tensor(gaussian_taps(win_size, win_sigma), dtype=torch.float64)
 
 
 def blur(t: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
@@ -203,6 +211,7 @@ __all__ = [
     "blur",
     "clamp_gd_step",
     "clip_consistency",
+    "gaussian_taps",
     "gaussian_window",
     "per_sample_view",
     "projected_sign_step",

@@ -12,7 +12,6 @@ original against them.
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -28,14 +27,6 @@ from vmd_fast.ops._backend import (
 )
 
 _MAX_WINDOW = 31  # csrc/ops/common.h kMaxWindow
-
-
-def _gaussian_taps(win_size: int, win_sigma: float) -> Tuple[float, ...]:
-    """:func:`reference.gaussian_window` in plain Python (traceable by torch.compile)."""
-    centre = (win_size - 1) / 2
-    g = [math.exp(-((i - centre) ** 2) / (2 * win_sigma**2)) for i in range(win_size)]
-    total = math.fsum(g)
-    return tuple(v / total for v in g)
 
 
 def _window_taps(win_size: int, win_sigma: float, win: Optional[torch.Tensor]) -> Tuple[float, ...]:
@@ -55,7 +46,7 @@ def _window_taps(win_size: int, win_sigma: float, win: Optional[torch.Tensor]) -
     if win_size < 1 or win_size % 2 == 0 or win_size > _MAX_WINDOW:
         raise ValueError(f"win_size must be odd and in [1, {_MAX_WINDOW}], got {win_size}")
     win_sigma = check_number(win_sigma, "win_sigma", minimum=0.0, strict=True)
-    return _gaussian_taps(win_size, win_sigma)
+    return reference.gaussian_taps(win_size, win_sigma)
 
 
 def _constants(data_range: float, K: Sequence[float]) -> Tuple[float, float]:

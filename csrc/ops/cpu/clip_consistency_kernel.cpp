@@ -23,12 +23,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_consistency_forward_cpu(
   const at::Tensor edit = edit_in.contiguous();
   const at::Tensor orig = orig_in.contiguous();
   const int64_t B = edit.size(0), K = edit.size(1);
-  const auto acc_type = at::toOpMathType(edit.scalar_type());
-  at::Tensor loss = at::empty({B}, edit.options().dtype(acc_type));
-  const bool want_e = grad_mode & kClipGradEdit;
-  const bool want_o = grad_mode & kClipGradOrig;
-  at::Tensor grad_e = want_e ? at::empty_like(edit) : at::empty({0}, edit.options());
-  at::Tensor grad_o = want_o ? at::empty_like(orig) : at::empty({0}, orig.options());
+  auto [loss, grad_e, grad_o] = allocate_clip_consistency_outputs(edit, grad_mode);
+  const bool want_e = grad_e.numel() > 0;
+  const bool want_o = grad_o.numel() > 0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, edit.scalar_type(),
                                   "clip_consistency_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;

@@ -288,12 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(
 std::tuple<at::Tensor, at::Tensor> ssim_forward_cuda(const at::Tensor& x, const at::Tensor& y,
                                                      c10::ArrayRef<double> window, double C1,
                                                      double C2, int64_t grad_mode) {
-  const auto w = checked_window(window);
-  check_ssim_pair(x, y, static_cast<int64_t>(w.size()));
-  TORCH_CHECK(x.size(0) == y.size(0), "x and y must have the same batch size, got ",
-              x.size(0), " and ", y.size(0));
-  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got ", x.device());
-  check_ssim_grad_mode(grad_mode, /*cached=*/false);
+  const auto w = check_ssim_forward(x, y, window, grad_mode, /*cached=*/false, at::kCUDA);
   auto [ssim, maps, unused] =
       run_forward<SsimMode::kPlain>(x, y, at::Tensor(), at::Tensor(), w, C1, C2, grad_mode);
   return {ssim, maps};
@@ -302,11 +297,8 @@ std::tuple<at::Tensor, at::Tensor> ssim_forward_cuda(const at::Tensor& x, const 
 std::tuple<at::Tensor, at::Tensor> ssim_cached_forward_cuda(
     const at::Tensor& x, const at::Tensor& y, const at::Tensor& mu_y, const at::Tensor& e_yy,
     c10::ArrayRef<double> window, double C1, double C2, int64_t grad_mode) {
-  const auto w = checked_window(window);
-  check_ssim_pair(x, y, static_cast<int64_t>(w.size()));
+  const auto w = check_ssim_forward(x, y, window, grad_mode, /*cached=*/true, at::kCUDA);
   check_ssim_cache(y, mu_y, e_yy, static_cast<int64_t>(w.size()));
-  TORCH_CHECK(x.is_cuda(), "x must be a CUDA tensor, got ", x.device());
-  check_ssim_grad_mode(grad_mode, /*cached=*/true);
   auto [ssim, maps, unused] =
       run_forward<SsimMode::kCached>(x, y, mu_y, e_yy, w, C1, C2, grad_mode);
   return {ssim, maps};
