@@ -211,3 +211,19 @@ def test_relevance_ops_pass_opcheck(compiled, gen):
         torch.ops.vmd_fast.relevance_accumulate_,
         (acc, torch.randn(5, 30, device=device), torch.randn(5, 8, device=device), None, False),
     )
+
+
+def test_relevance_ops_handle_non_contiguous_inputs(compiled, gen):
+    backend, device = compiled
+    M, dt = _relevance(200, 16, 5, gen)
+    M, dt = M.to(device), dt.to(device)
+    M_t = M.T.contiguous().T  # column-major view
+    assert not M_t.is_contiguous()
+    got = ops.relevance_directions(M_t, dt, 0.05, "l2", backend=backend)
+    torch.testing.assert_close(got, reference.relevance_directions(M, dt, 0.05, "l2"))
+    clip = torch.randn(16, 40, generator=gen).to(device).T  # (40, 16) non-contiguous
+    weights = torch.randn(40, generator=gen).to(device)
+    index = torch.randint(0, 200, (40,), generator=gen).to(device)
+    got = ops.relevance_accumulate(torch.zeros(200, 16, device=device), weights, clip, index, backend=backend)
+    want = reference.relevance_accumulate(torch.zeros(200, 16, device=device), weights, clip.contiguous(), index)
+    torch.testing.assert_close(got, want)
