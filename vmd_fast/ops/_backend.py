@@ -15,6 +15,7 @@ import and ``"auto"`` falls back to the reference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from typing import Iterator, Optional, Sequence, Union
@@ -205,4 +206,11 @@ def per_sample_param(
                 raise ValueError(f"{name} must be >= 0")
         return flat
     number = check_number(value, name, minimum=0.0 if nonnegative else None)
-    return torch.tensor(number, dtype=torch.float64)
+    return _scalar_tensor(number)
+
+
+@functools.lru_cache(maxsize=256)
+def _scalar_tensor(value: float) -> torch.Tensor:
+    """A 0-dim float64 CPU tensor for a step size or bound. Loops pass the same few values
+    every step, so they are made once (the kernels only read them)."""
+    return torch.tensor(value, dtype=torch.float64)
