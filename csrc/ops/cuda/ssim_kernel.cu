@@ -44,6 +44,19 @@ Window<acc_t> make_window(const std::vector<double>& window) {
   return w;
 }
 
+// The window in shared memory: a kernel argument indexed at run time would be copied to
+// local memory (a stack frame, and an LDL per tap); the copy here uses constant indices.
+template <typename acc_t>
+__device__ __forceinline__ void stage_window(const Window<acc_t>& win, acc_t* w_s) {
+  if (threadIdx.x == 0 && threadIdx.y == 0) {
+#pragma unroll
+    for (int k = 0; k < kMaxWindow; ++k) {
+      if (k < win.size) w_s[k] = win.w[k];
+    }
+  }
+  __syncthreads();
+}
+
 struct Geometry {
   int64_t H, W, Hv, Wv, C, per_ref, tiles_x;
 };
@@ -64,6 +77,8 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
   extern __shared__ unsigned char smem[];
   acc_t* hbuf = reinterpret_cast<acc_t*>(smem);  // (NQ, kTileH + K - 1, kTileW)
   __shared__ acc_t scratch[32];
+  __shared__ acc_t w_s[kMaxWindow];
+  stage_window(win, w_s);
 
   const int K = win.size;
   const int halo_rows = kTileH + K - 1;
@@ -85,7 +100,7 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
     if (gi < g.H && gj < g.Wv) {
       const int64_t base = gi * g.W + gj;
       for (int k = 0; k < K; ++k) {
-        const acc_t wk = win.w[k];
+        const acc_t wk = w_s[k];
         const acc_t b = static_cast<acc_t>(ys[base + k]);
         if constexpr (MODE == SsimMode::kStats) {
           s[0] += wk * b;
@@ -121,7 +136,7 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
 #pragma unroll
     for (int q = 0; q < NQ; ++q) {
       acc_t v = 0;
-      for (int k = 0; k < K; ++k) v += win.w[k] * hbuf[(q * halo_rows + rr + k) * kTileW + tx];
+      for (int k = 0; k < K; ++k) v += w_s[k] * hbuf[(q * halo_rows + rr + k) * kTileW + tx];
       m[q] = v;
     }
     const int64_t o = oi * g.Wv + oj;
@@ -163,6 +178,8 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
   using acc_t = at::opmath_type<scalar_t>;
   extern __shared__ unsigned char smem[];
   acc_t* cols = reinterpret_cast<acc_t*>(smem);  // (NM, kTileH, kTileW + K - 1)
+  __shared__ acc_t w_s[kMaxWindow];
+  stage_window(win, w_s);
   const int K = win.size;
   const int halo_cols = kTileW + K - 1;
   const int64_t p = blockIdx.x;
@@ -184,7 +201,7 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
         for (int k = 0; k < K; ++k) {
           const int64_t vi = gi - k;
           if (vi < 0 || vi >= g.Hv) continue;
-          const acc_t wk = win.w[k];
+          const acc_t wk = w_s[k];
 #pragma unroll
           for (int m = 0; m < NM; ++m) s[m] += wk * mp[m * map_stride + vi * g.Wv + gj];
         }
@@ -205,7 +222,7 @@ __global__ void __launch_bounds__(kTileW * kThreadRows)
 #pragma unroll
     for (int m = 0; m < NM; ++m) {
       acc_t v = 0;
-      for (int k = 0; k < K; ++k) v += win.w[k] * cols[(m * kTileH + rr) * halo_cols + tx + K - 1 - k];
+      for (int k = 0; k < K; ++k) v += w_s[k] * cols[(m * kTileH + rr) * halo_cols + tx + K - 1 - k];
       f[m] = v;
     }
     const int64_t o = qi * g.W + qj;
