@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (the device tool): build the kernels there against its
+# own torch, run the CUDA tests, then the GPU benchmarks. Everything it writes goes under
+# $OUT (or ./outputs/gpu). Usage from the device tool, with the wheels of pytorch_msssim
+# and kornia carried in .whl/ (see /work/.library/device/README.md):
+#   bash scripts/gpu_check.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-outputs/gpu}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 MAX_JOBS="${MAX_JOBS:-16}" TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
+{ time python3 setup.py build_ext --inplace > "$out/build.log" 2>&1; } 2>> "$out/gpu.txt" || { tail -40 "$out/build.log"; exit 1; }
+export PYTHONPATH="$PWD:${PYTHONPATH:-}"
+python3 -m pytest python_tests -q -p no:cacheprovider -k "cuda or graph or compile" 2>&1 | tee "$out/tests.log" | tail -15
+python3 -m vmd_fast.bench --device cuda --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.log" | tail -60
