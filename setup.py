@@ -55,6 +55,13 @@ def _extension():
     sources += sorted(glob.glob(os.path.join(csrc, "ops", "*.cpp")))
     sources += sorted(glob.glob(os.path.join(csrc, "ops", "cpu", "*.cpp")))
     cxx_flags = ["-O3", "-std=c++20"]
+    link_flags = []
+    if sys.platform.startswith("linux"):
+        # ATen's parallel_for is an inline OpenMP region in the headers: without -fopenmp
+        # every CPU kernel would run on one thread. libgomp.so.1 is the runtime torch
+        # itself loads, so the region shares torch's thread pool and torch.set_num_threads.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if _want_cuda():
         sources += sorted(glob.glob(os.path.join(csrc, "ops", "cuda", "*.cu")))
         return CUDAExtension(
@@ -66,12 +73,14 @@ def _extension():
                 "cxx": cxx_flags,
                 "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"],
             },
+            extra_link_args=link_flags,
         )
     return CppExtension(
         "vmd_fast._C",
         sources,
         include_dirs=[os.path.join(ROOT, csrc)],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=link_flags,
     )
 
 
