@@ -1,13 +1,15 @@
-// CPU kernel of the fused CLIP-consistency loss: one task a block of rows, a few sweeps
-// over each row (maxima, two vectorised exponentials, normalisers, loss and gradients).
+// CPU kernel of the fused CLIP-consistency loss: each task takes a block of rows and runs
+// the multi-versioned row kernel (simd_rows.h) on it; half and bfloat16 rows go through
+// float buffers of one block.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <algorithm>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "../clip_consistency.h"
@@ -15,6 +17,41 @@
 
 namespace vmd_fast::ops {
 namespace {
+
+// Rows per block: enough work per task, small enough for the float buffers to stay in L1/L2.
+constexpr int64_t kBlockRows = 64;
+
+// One block of `rows` rows starting at row b0; `wide` holds 4 * kBlockRows * K values for the
+// reduced-precision types (widened inputs, float gradients narrowed back afterwards).
+template <typename scalar_t, typename acc_t>
+void clip_consistency_block(const scalar_t* ep, const scalar_t* op, int64_t b0, int64_t rows,
+                            int64_t K, acc_t inv_t, acc_t* lp, scalar_t* gep, scalar_t* gop,
+                            acc_t* scratch, acc_t* wide) {
+  const int64_t n = rows * K;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    cpu_rows::soft_cross_entropy_rows(ep + b0 * K, op + b0 * K, rows, K, inv_t, lp + b0,
+                                      gep != nullptr ? gep + b0 * K : nullptr,
+                                      gop != nullptr ? gop + b0 * K : nullptr, scratch);
+  } else {
+    acc_t* e = wide;
+    acc_t* o = e + n;
+    acc_t* ge = o + n;
+    acc_t* go = ge + n;
+    for (int64_t j = 0; j < n; ++j) {
+      e[j] = static_cast<acc_t>(ep[b0 * K + j]);
+      o[j] = static_cast<acc_t>(op[b0 * K + j]);
+    }
+    cpu_rows::soft_cross_entropy_rows(e, o, rows, K, inv_t, lp + b0,
+                                      gep != nullptr ? ge : nullptr,
+                                      gop != nullptr ? go : nullptr, scratch);
+    for (int64_t j = 0; gep != nullptr && j < n; ++j) {
+      gep[b0 * K + j] = static_cast<scalar_t>(ge[j]);
+    }
+    for (int64_t j = 0; gop != nullptr && j < n; ++j) {
+      gop[b0 * K + j] = static_cast<scalar_t>(go[j]);
+    }
+  }
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_consistency_forward_cpu(
     const at::Tensor& edit_in, const at::Tensor& orig_in, double temperature, int64_t grad_mode) {
@@ -29,50 +66,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> clip_consistency_forward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, edit.scalar_type(),
                                   "clip_consistency_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    constexpr bool kNative = std::is_same_v<scalar_t, acc_t>;
     const acc_t inv_t = acc_t(1) / static_cast<acc_t>(temperature);
     const scalar_t* ep = edit.const_data_ptr<scalar_t>();
     const scalar_t* op = orig.const_data_ptr<scalar_t>();
     acc_t* lp = loss.mutable_data_ptr<acc_t>();
     scalar_t* gep = want_e ? grad_e.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gop = want_o ? grad_o.mutable_data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
-      // Per row: the shifted edit logits, then the unnormalised q and p.
-      std::vector<acc_t> shifted(K), q(K), p(K);
-      for (int64_t b = begin; b < end; ++b) {
-        const scalar_t* e = ep + b * K;
-        const scalar_t* o = op + b * K;
-        for (int64_t k = 0; k < K; ++k) {
-          shifted[k] = static_cast<acc_t>(e[k]) * inv_t;
-          p[k] = static_cast<acc_t>(o[k]) * inv_t;
-        }
-        const acc_t max_e = cpu_rows::row_max(shifted.data(), K);
-        const acc_t max_o = cpu_rows::row_max(p.data(), K);
-        for (int64_t k = 0; k < K; ++k) {
-          shifted[k] -= max_e;
-          p[k] -= max_o;
-          q[k] = shifted[k];
-        }
-        cpu_rows::exp_in_place(q.data(), K);
-        cpu_rows::exp_in_place(p.data(), K);
-        const acc_t z_e = cpu_rows::row_sum(q.data(), K);
-        const acc_t z_o = cpu_rows::row_sum(p.data(), K);
-        const acc_t cross = cpu_rows::row_dot(p.data(), shifted.data(), K);
-        const acc_t log_z_e = std::log(z_e);
-        // -sum p log q = log Z_e - sum p (e/T - max_e)
-        const acc_t row_loss = log_z_e - cross / z_o;
-        lp[b] = row_loss;
-        const acc_t inv_z_e = acc_t(1) / z_e, inv_z_o = acc_t(1) / z_o;
-        if (gep != nullptr) {
-          for (int64_t k = 0; k < K; ++k) {
-            gep[b * K + k] = static_cast<scalar_t>((q[k] * inv_z_e - p[k] * inv_z_o) * inv_t);
-          }
-        }
-        if (gop != nullptr) {
-          for (int64_t k = 0; k < K; ++k) {
-            const acc_t log_q = shifted[k] - log_z_e;
-            gop[b * K + k] = static_cast<scalar_t>(-p[k] * inv_z_o * (log_q + row_loss) * inv_t);
-          }
-        }
+    at::parallel_for(0, B, kBlockRows, [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> scratch(3 * K);
+      std::vector<acc_t> wide(kNative ? 0 : 4 * kBlockRows * K);
+      for (int64_t b0 = begin; b0 < end; b0 += kBlockRows) {
+        clip_consistency_block(ep, op, b0, std::min(kBlockRows, end - b0), K, inv_t, lp, gep, gop,
+                               scratch.data(), wide.data());
       }
     });
   });

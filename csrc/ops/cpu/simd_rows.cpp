@@ -8,6 +8,16 @@
 
 #include "../ssim.h"
 
+// The helpers below run inside the multi-versioned kernels: they must be inlined there to
+// be compiled for the clone's ISA (an out-of-line copy would be baseline code).
+#if defined(__GNUC__)
+#define VMD_FAST_INLINE inline __attribute__((always_inline))
+#define VMD_FAST_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define VMD_FAST_INLINE inline
+#define VMD_FAST_INLINE_LAMBDA
+#endif
+
 namespace vmd_fast::ops::cpu_rows {
 namespace {
 
@@ -32,14 +42,14 @@ constexpr int64_t kVecLanes = 32 / sizeof(T);
 static_assert(kRowLanes % kVecLanes<float> == 0 && kRowLanes % kVecLanes<double> == 0);
 
 template <typename T>
-inline Vec<T> load(const T* p) {
+VMD_FAST_INLINE Vec<T> load(const T* p) {
   Vec<T> v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
 template <typename T>
-inline void store(T* p, Vec<T> v) {
+VMD_FAST_INLINE void store(T* p, Vec<T> v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
@@ -115,7 +125,7 @@ inline void ssim_gradient_row_impl(const T* a, const T* b, const T* d1, const T*
 // from its degree-6 Taylor polynomial (error < 2e-7 relative over the reduced range).
 // Written once for scalars and vectors (the 1.5 * 2^23 trick rounds to nearest).
 template <typename V, typename I>
-inline V exp_poly(V x) {
+VMD_FAST_INLINE V exp_poly(V x) {
   const V lo = V{} - 87.3f, hi = V{} + 88.7f;
   x = x < lo ? lo : x;
   x = x > hi ? hi : x;
@@ -143,7 +153,7 @@ inline V exp_poly(V x) {
 typedef int32_t VecInt32 __attribute__((vector_size(32)));
 
 template <typename T>
-inline T row_max_impl(const T* x, int64_t n) {
+VMD_FAST_INLINE T row_max_impl(const T* x, int64_t n) {
   constexpr int64_t L = kVecLanes<T>;
   T best = -std::numeric_limits<T>::infinity();
   int64_t j = 0;
@@ -159,17 +169,113 @@ inline T row_max_impl(const T* x, int64_t n) {
   return best;
 }
 
-// sum_j x[j] * (y ? y[j] : 1)
-template <typename T>
-inline T row_dot_impl(const T* x, const T* y, int64_t n) {
+// Applies `body(offset, lanes)` over [0, n): whole vectors first, then the scalar tail, so
+// one generic lambda serves both (GCC vector extensions mix vectors and scalars freely).
+template <typename T, typename Body>
+VMD_FAST_INLINE void for_lanes(int64_t n, Body&& body) {
   constexpr int64_t L = kVecLanes<T>;
-  Vec<T> acc = {};
   int64_t j = 0;
-  for (; j + L <= n; j += L) acc += y != nullptr ? load(x + j) * load(y + j) : load(x + j);
-  T total = 0;
-  for (int64_t l = 0; l < L; ++l) total += acc[l];
-  for (; j < n; ++j) total += y != nullptr ? x[j] * y[j] : x[j];
-  return total;
+  for (; j + L <= n; j += L) body(j, Vec<T>{});
+  for (; j < n; ++j) body(j, T{});
+}
+
+template <typename T, typename V>
+VMD_FAST_INLINE V load_as(const T* p, V) {
+  if constexpr (std::is_same_v<V, T>) {
+    return *p;
+  } else {
+    return load(p);
+  }
+}
+
+template <typename T, typename V>
+VMD_FAST_INLINE void store_as(T* p, V v) {
+  if constexpr (std::is_same_v<V, T>) {
+    *p = v;
+  } else {
+    store(p, v);
+  }
+}
+
+template <typename V>
+VMD_FAST_INLINE V exp_lanes(V x) {
+  if constexpr (std::is_same_v<V, float>) {
+    return exp_poly<float, int32_t>(x);
+  } else if constexpr (std::is_same_v<V, Vec<float>>) {
+    return exp_poly<Vec<float>, VecInt32>(x);
+  } else if constexpr (std::is_same_v<V, double>) {
+    return std::exp(x);
+  } else {
+    V out;
+    for (int64_t l = 0; l < kVecLanes<double>; ++l) out[l] = std::exp(x[l]);
+    return out;
+  }
+}
+
+template <typename T, typename V>
+VMD_FAST_INLINE T lane_sum(V v) {
+  if constexpr (std::is_same_v<V, T>) {
+    return v;
+  } else {
+    T total = 0;
+    for (int64_t l = 0; l < kVecLanes<T>; ++l) total += v[l];
+    return total;
+  }
+}
+
+// Per row (clip_consistency.h): sh = (e - max e) / T, q = exp(sh), p = exp((o - max o) / T),
+// loss = log Z_e - <p, sh> / Z_o = -sum softmax(o/T) log softmax(e/T). Vector partial sums
+// keep the reductions in registers; one pass builds sh, q, p and all three sums.
+template <typename T>
+VMD_FAST_INLINE void soft_cross_entropy_rows_impl(const T* e_rows, const T* o_rows, int64_t rows,
+                                         int64_t K, T inv_t, T* loss, T* ge_rows, T* go_rows,
+                                         T* scratch) {
+  T* sh = scratch;
+  T* q = scratch + K;
+  T* p = scratch + 2 * K;
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* e = e_rows + b * K;
+    const T* o = o_rows + b * K;
+    const T max_e = row_max_impl(e, K);
+    const T max_o = row_max_impl(o, K);
+    Vec<T> vz_e = {}, vz_o = {}, vcross = {};
+    T z_e = 0, z_o = 0, cross = 0;
+    for_lanes<T>(K, [&](int64_t j, auto lane) VMD_FAST_INLINE_LAMBDA {
+      using V = decltype(lane);
+      const V s = (load_as(e + j, lane) - max_e) * inv_t;
+      const V qe = exp_lanes(s);
+      const V po = exp_lanes((load_as(o + j, lane) - max_o) * inv_t);
+      store_as(sh + j, s);
+      store_as(q + j, qe);
+      store_as(p + j, po);
+      if constexpr (std::is_same_v<V, T>) {
+        z_e += qe, z_o += po, cross += po * s;
+      } else {
+        vz_e += qe, vz_o += po, vcross += po * s;
+      }
+    });
+    z_e += lane_sum<T>(vz_e);
+    z_o += lane_sum<T>(vz_o);
+    cross += lane_sum<T>(vcross);
+    const T log_z_e = std::log(z_e);
+    const T row_loss = log_z_e - cross / z_o;
+    loss[b] = row_loss;
+    const T inv_z_e = T(1) / z_e, inv_z_o = T(1) / z_o;
+    if (ge_rows != nullptr) {
+      T* ge = ge_rows + b * K;
+      for_lanes<T>(K, [&](int64_t j, auto lane) VMD_FAST_INLINE_LAMBDA {
+        store_as(ge + j, (load_as(q + j, lane) * inv_z_e - load_as(p + j, lane) * inv_z_o) * inv_t);
+      });
+    }
+    if (go_rows != nullptr) {
+      T* go = go_rows + b * K;
+      const T shift = row_loss - log_z_e;
+      for_lanes<T>(K, [&](int64_t j, auto lane) VMD_FAST_INLINE_LAMBDA {
+        const auto pn = load_as(p + j, lane) * inv_z_o;
+        store_as(go + j, -pn * (load_as(sh + j, lane) + shift) * inv_t);
+      });
+    }
+  }
 }
 
 }  // namespace
@@ -232,21 +338,17 @@ VMD_FAST_SIMD_CLONES void ssim_gradient_row(const double* a, const double* b, co
   ssim_gradient_row_impl(a, b, d1, d11, d12, scale, n, out);
 }
 
-VMD_FAST_SIMD_CLONES float row_max(const float* x, int64_t n) { return row_max_impl(x, n); }
-VMD_FAST_SIMD_CLONES double row_max(const double* x, int64_t n) { return row_max_impl(x, n); }
-VMD_FAST_SIMD_CLONES float row_sum(const float* x, int64_t n) { return row_dot_impl<float>(x, nullptr, n); }
-VMD_FAST_SIMD_CLONES double row_sum(const double* x, int64_t n) { return row_dot_impl<double>(x, nullptr, n); }
-VMD_FAST_SIMD_CLONES float row_dot(const float* x, const float* y, int64_t n) { return row_dot_impl(x, y, n); }
-VMD_FAST_SIMD_CLONES double row_dot(const double* x, const double* y, int64_t n) { return row_dot_impl(x, y, n); }
-
-VMD_FAST_SIMD_CLONES void exp_in_place(float* x, int64_t n) {
-  constexpr int64_t L = kVecLanes<float>;
-  int64_t j = 0;
-  for (; j + L <= n; j += L) store(x + j, exp_poly<Vec<float>, VecInt32>(load(x + j)));
-  for (; j < n; ++j) x[j] = exp_poly<float, int32_t>(x[j]);
+VMD_FAST_SIMD_CLONES void soft_cross_entropy_rows(const float* e, const float* o,
+                                                 int64_t rows, int64_t K, float inv_t,
+                                                 float* loss, float* ge, float* go,
+                                                 float* scratch) {
+  soft_cross_entropy_rows_impl(e, o, rows, K, inv_t, loss, ge, go, scratch);
 }
-void exp_in_place(double* x, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) x[j] = std::exp(x[j]);
+VMD_FAST_SIMD_CLONES void soft_cross_entropy_rows(const double* e, const double* o,
+                                                 int64_t rows, int64_t K, double inv_t,
+                                                 double* loss, double* ge, double* go,
+                                                 double* scratch) {
+  soft_cross_entropy_rows_impl(e, o, rows, K, inv_t, loss, ge, go, scratch);
 }
 
 }  // namespace vmd_fast::ops::cpu_rows

@@ -57,18 +57,14 @@ void ssim_gradient_row(const float* a, const float* b, const float* d1, const fl
 void ssim_gradient_row(const double* a, const double* b, const double* d1, const double* d11,
                        const double* d12, double scale, int64_t n, double* out);
 
-// Reductions of a row of any length n (vector accumulators, then the tail): the maximum
-// (-inf for n = 0), the sum, and the dot product with another row.
-float row_max(const float* x, int64_t n);
-double row_max(const double* x, int64_t n);
-float row_sum(const float* x, int64_t n);
-double row_sum(const double* x, int64_t n);
-float row_dot(const float* x, const float* y, int64_t n);
-double row_dot(const double* x, const double* y, int64_t n);
-
-// x[j] <- exp(x[j]) for float (a polynomial the compiler vectorises, relative error below
-// 2e-7), std::exp for double.
-void exp_in_place(float* x, int64_t n);
-void exp_in_place(double* x, int64_t n);
+// The soft cross-entropy -sum softmax(o/T) log softmax(e/T) of `rows` contiguous rows of
+// K logits each (any K >= 1), one value per row in loss[b], and where ge / go are not null
+// its gradients w.r.t. e and o (clip_consistency.h). `scratch` holds 3 K values. The
+// float exponential is a vectorised polynomial (relative error below 2e-7).
+void soft_cross_entropy_rows(const float* e, const float* o, int64_t rows, int64_t K,
+                             float inv_t, float* loss, float* ge, float* go, float* scratch);
+void soft_cross_entropy_rows(const double* e, const double* o, int64_t rows, int64_t K,
+                             double inv_t, double* loss, double* ge, double* go,
+                             double* scratch);
 
 }  // namespace vmd_fast::ops::cpu_rows
