@@ -89,11 +89,15 @@ def _setup_context(ctx, inputs, output):
     edit, orig, temperature, _ = inputs
     _, grad_edit, grad_orig = output
     ctx.mark_non_differentiable(grad_edit, grad_orig)
+    # The gradient outputs never receive gradients: skip autograd's zero-filled stand-ins.
+    ctx.set_materialize_grads(False)
     ctx.temperature = temperature
     ctx.save_for_backward(edit, orig, grad_edit, grad_orig)
 
 
 def _backward(ctx, grad_loss, _grad_edit, _grad_orig):
+    if grad_loss is None:
+        return None, None, None, None
     edit, orig, grad_edit, grad_orig = ctx.saved_tensors
     want_edit, want_orig = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if (want_edit and grad_edit.numel() == 0) or (want_orig and grad_orig.numel() == 0):
