@@ -16,5 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 { time python3 setup.py build_ext --inplace > "$out/build.log" 2>&1; } 2>> "$out/gpu.txt" || { tail -40 "$out/build.log"; exit 1; }
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
-python3 -m pytest python_tests -q -p no:cacheprovider -k "cuda or graph or compile" 2>&1 | tee "$out/tests.log" | tail -15
+export VMD_FAST_REQUIRE_COMPILED=1 VMD_FAST_REQUIRE_CUDA_KERNELS=1
+python3 -m pytest python_tests -q -p no:cacheprovider -n 8 2>&1 | tee "$out/tests.log" | tail -25
 python3 -m vmd_fast.bench --device cuda --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.log" | tail -60
+python3 -m pytest bench -q -p no:cacheprovider -k cuda --benchmark-json "$out/pytest-bench-cuda.json" 2>&1 | tee "$out/pytest-bench.log" | tail -40
