@@ -11,6 +11,7 @@
 #include <tuple>
 
 #include "../relevance.h"
+#include "simd_rows.h"
 
 namespace vmd_fast::ops {
 namespace {
@@ -37,15 +38,7 @@ std::tuple<at::Tensor, at::Tensor> relevance_directions_cpu(
         scalar_t* row = rp + a * channels;
         scalar_t sumsq = 0;
         scalar_t absmax = 0;
-        for (int64_t c = 0; c < channels; ++c) {
-          scalar_t u = std::abs(row[c]) >= thr ? row[c] : scalar_t(0);
-          if (csp != nullptr) {
-            u *= csp[c];
-          }
-          row[c] = u;
-          sumsq += u * u;
-          absmax = std::max(absmax, std::abs(u));
-        }
+        cpu_rows::threshold_row(row, channels, thr, csp, &sumsq, &absmax);
         scalar_t l2 = std::sqrt(sumsq);
         if (mode == RelevanceNorm::kAbsMaxL2 && absmax > 0) {
           // The official StyleCLIP order: rescale by the abs-max first, then take the

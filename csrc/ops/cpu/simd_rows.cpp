@@ -278,6 +278,34 @@ VMD_FAST_INLINE void soft_cross_entropy_rows_impl(const T* e_rows, const T* o_ro
   }
 }
 
+// StyleCLIP's thresholding of one relevance row (relevance.h): x <- x * 1(|x| >= thr) *
+// scale, with the sum of squares and the abs-max of the result in vector accumulators.
+template <typename T>
+VMD_FAST_INLINE void threshold_row_impl(T* x, int64_t n, T thr, const T* scale, T* sumsq,
+                                        T* absmax) {
+  Vec<T> vsq = {}, vmax = {};
+  T ssq = 0, amax = 0;
+  for_lanes<T>(n, [&](int64_t j, auto lane) VMD_FAST_INLINE_LAMBDA {
+    using V = decltype(lane);
+    const V v = load_as(x + j, lane);
+    const V mag = v < 0 ? -v : v;
+    V u = mag >= thr ? v : V{} + T(0);
+    if (scale != nullptr) u = u * load_as(scale + j, lane);
+    const V umag = u < 0 ? -u : u;
+    store_as(x + j, u);
+    if constexpr (std::is_same_v<V, T>) {
+      ssq += u * u;
+      amax = umag > amax ? umag : amax;
+    } else {
+      vsq += u * u;
+      vmax = umag > vmax ? umag : vmax;
+    }
+  });
+  for (int64_t l = 0; l < kVecLanes<T>; ++l) amax = vmax[l] > amax ? vmax[l] : amax;
+  *sumsq = ssq + lane_sum<T>(vsq);
+  *absmax = amax;
+}
+
 }  // namespace
 
 VMD_FAST_SIMD_CLONES void blur_along_row(const float* in, int64_t in_stride, int nq,
@@ -349,6 +377,15 @@ VMD_FAST_SIMD_CLONES void soft_cross_entropy_rows(const double* e, const double*
                                                  double* loss, double* ge, double* go,
                                                  double* scratch) {
   soft_cross_entropy_rows_impl(e, o, rows, K, inv_t, loss, ge, go, scratch);
+}
+
+VMD_FAST_SIMD_CLONES void threshold_row(float* x, int64_t n, float thr, const float* scale,
+                                        float* sumsq, float* absmax) {
+  threshold_row_impl(x, n, thr, scale, sumsq, absmax);
+}
+VMD_FAST_SIMD_CLONES void threshold_row(double* x, int64_t n, double thr, const double* scale,
+                                        double* sumsq, double* absmax) {
+  threshold_row_impl(x, n, thr, scale, sumsq, absmax);
 }
 
 }  // namespace vmd_fast::ops::cpu_rows

@@ -67,4 +67,11 @@ void soft_cross_entropy_rows(const double* e, const double* o, int64_t rows, int
                              double inv_t, double* loss, double* ge, double* go,
                              double* scratch);
 
+// StyleCLIP's relevance thresholding of one row in place: x[j] <- x[j] * 1(|x[j]| >= thr)
+// * scale[j] (scale may be null), returning the sum of squares and the abs-max of the result.
+void threshold_row(float* x, int64_t n, float thr, const float* scale, float* sumsq,
+                   float* absmax);
+void threshold_row(double* x, int64_t n, double thr, const double* scale, double* sumsq,
+                   double* absmax);
+
 }  // namespace vmd_fast::ops::cpu_rows
