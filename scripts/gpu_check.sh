@@ -20,3 +20,7 @@ export VMD_FAST_REQUIRE_COMPILED=1 VMD_FAST_REQUIRE_CUDA_KERNELS=1
 python3 -m pytest python_tests -q -p no:cacheprovider -n 8 2>&1 | tee "$out/tests.log" | tail -25
 python3 -m vmd_fast.bench --device cuda --json "$out/bench-cuda.json" 2>&1 | tee "$out/bench.log" | tail -60
 python3 -m pytest bench -q -p no:cacheprovider -k cuda --benchmark-json "$out/pytest-bench-cuda.json" 2>&1 | tee "$out/pytest-bench.log" | tail -40
+# The CPU benchmarks on two pinned cores of the same host (a quiet machine, unlike a shared
+# development box): the CPU targets are stated for 2 cores.
+taskset -c 2,3 env OMP_NUM_THREADS=2 python3 -m vmd_fast.bench --device cpu --json "$out/bench-cpu.json" 2>&1 | tee "$out/bench-cpu.log" | tail -60
+taskset -c 2,3 env OMP_NUM_THREADS=2 python3 -m pytest bench -q -p no:cacheprovider -k cpu --benchmark-max-time 0.5 --benchmark-json "$out/pytest-bench-cpu.json" 2>&1 | tail -62 > "$out/pytest-bench-cpu.log"

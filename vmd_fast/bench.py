@@ -317,7 +317,19 @@ def markdown_table(rows: List[dict]) -> str:
 def machine_description(device: str) -> str:
     if device == "cuda":
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+    return f"{_cpu_model()}, {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def _cpu_model() -> str:
+    """The processor's model name where the OS tells it (Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
