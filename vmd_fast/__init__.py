@@ -3,5 +3,6 @@
 __version__ = "0.1.0"
 
 from vmd_fast import ops  # noqa: E402  (loads the compiled kernels once)
+from vmd_fast import diagnose  # noqa: E402
 
-__all__ = ["ops", "__version__"]
+__all__ = ["diagnose", "ops", "__version__"]

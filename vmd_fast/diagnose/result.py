@@ -1,0 +1,284 @@
+"""The result of a diagnosis (SIA or ZOOM) and its report on disk.
+
+One :class:`DiagnosisResult` shape serves both methods, so that their histograms can be
+compared side by side: per image and attribute, how much the target's prediction moved
+(``changes``, thesis ``|f(x) - f(x_hat_i)|``) and whether it flipped, the counterfactual
+images and the codes that made them (ZOOM's edit strengths ``w``, SIA's attribute
+changes), and optionally one multi-attribute counterfactual per image.
+
+``save(dir)`` writes ``result.json`` (everything but the tensors), ``sensitivity.csv``,
+``histogram.png``, ``counterfactuals.png``, ``index.html`` (self-contained, images
+inlined) and ``tensors.safetensors``; ``DiagnosisResult.load(dir)`` reads them back
+(JSON and safetensors only: nothing is unpickled).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+
+from vmd_fast.diagnose.metrics import normalized, sdar
+
+FORMAT_VERSION = 1
+_TENSOR_FIELDS = ("changes", "flipped", "originals", "counterfactuals", "codes")
+_MULTI_FIELDS = ("counterfactuals", "codes", "flipped", "changes")
+
+
+@dataclass
+class DiagnosisResult:
+    """What a diagnosis found.
+
+    Args:
+        method: ``"zoom"`` or ``"sia"`` (or a user's name for their own method).
+        target: the target model's name.
+        task: the target adapter's task.
+        attributes: the A attribute names, in column order.
+        changes: (N, A) ``|f(x) - f(x_hat_i)|`` for image n edited along attribute i.
+        flipped: (N, A) bool, whether that counterfactual flipped the prediction.
+        originals: (N, 3, H, W) the original images (or an empty tensor).
+        counterfactuals: (N, A, 3, H, W) single-attribute counterfactuals (or empty).
+        codes: (N, A) the attribute codes that made them (ZOOM: w_i; SIA: a_T - a_0).
+        multi: the multi-attribute mode's ``counterfactuals`` (N, 3, H, W), ``codes``
+            (N, A), ``flipped`` (N,) and ``changes`` (N,), or ``None``.
+        config: the run's configuration (JSON-able).
+        metrics: other measured figures (PSNR, SSIM, attack success rate, ...).
+    """
+
+    method: str
+    target: str
+    task: str
+    attributes: List[str]
+    changes: torch.Tensor
+    flipped: torch.Tensor
+    originals: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    counterfactuals: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    codes: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    multi: Optional[Dict[str, torch.Tensor]] = None
+    config: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        a = len(self.attributes)
+        if self.changes.dim() != 2 or self.changes.shape[1] != a:
+            raise ValueError(f"changes must have shape (N, {a}), got {tuple(self.changes.shape)}")
+        if self.flipped.shape != self.changes.shape:
+            raise ValueError(f"flipped must have the shape of changes {tuple(self.changes.shape)}, got {tuple(self.flipped.shape)}")
+
+    # --- the figures --------------------------------------------------------------------
+    @property
+    def n_images(self) -> int:
+        return self.changes.shape[0]
+
+    @property
+    def sensitivity(self) -> Dict[str, float]:
+        """attribute -> h_i = E_x |f(x) - f(x_hat_i)| (thesis ch. 3; SIA's Eq. 2.2 analogue)."""
+        means = self.changes.double().mean(dim=0)
+        return {name: float(v) for name, v in zip(self.attributes, means)}
+
+    @property
+    def sensitivity_sem(self) -> Dict[str, float]:
+        """attribute -> standard error of the mean of its changes over images."""
+        n = self.n_images
+        std = self.changes.double().std(dim=0, correction=1) if n > 1 else torch.zeros(len(self.attributes))
+        return {name: float(v) / max(n, 1) ** 0.5 for name, v in zip(self.attributes, std)}
+
+    @property
+    def flip_rates(self) -> Dict[str, float]:
+        """attribute -> fraction of its single-attribute counterfactuals that flipped."""
+        rates = self.flipped.float().mean(dim=0)
+        return {name: float(v) for name, v in zip(self.attributes, rates)}
+
+    @property
+    def multi_flip_rate(self) -> Optional[float]:
+        return None if self.multi is None else float(self.multi["flipped"].float().mean())
+
+    @property
+    def sdar(self) -> float:
+        return sdar(self.sensitivity)
+
+    def ranking(self) -> List[str]:
+        """Attributes from the most to the least sensitive."""
+        sens = self.sensitivity
+        return sorted(self.attributes, key=lambda name: -sens[name])
+
+    def summary(self) -> dict:
+        """The JSON-able figures (what ``result.json`` holds besides the configuration)."""
+        return {
+            "method": self.method,
+            "target": self.target,
+            "task": self.task,
+            "n_images": self.n_images,
+            "attributes": list(self.attributes),
+            "sensitivity": self.sensitivity,
+            "sensitivity_normalized": normalized(self.sensitivity),
+            "sensitivity_sem": self.sensitivity_sem,
+            "ranking": self.ranking(),
+            "flip_rate": self.flip_rates,
+            "multi_flip_rate": self.multi_flip_rate,
+            "sdar": self.sdar,
+            "metrics": self.metrics,
+        }
+
+    # --- on disk ------------------------------------------------------------------------
+    def save(self, directory: str, grid_images: int = 8) -> Dict[str, str]:
+        """Write the report into ``directory`` (created if needed).
+
+        Returns:
+            name -> path of every file written (``json``, ``csv``, ``histogram``,
+            ``grid``, ``multi_grid`` when there is a multi-attribute mode, ``html``,
+            ``tensors``).
+        """
+        from safetensors.torch import save_file
+
+        from vmd_fast import __version__
+
+        os.makedirs(directory, exist_ok=True)
+        paths = {name: os.path.join(directory, file) for name, file in (
+            ("json", "result.json"), ("csv", "sensitivity.csv"), ("histogram", "histogram.png"),
+            ("grid", "counterfactuals.png"), ("html", "index.html"), ("tensors", "tensors.safetensors"),
+        )}
+        record = {
+            "format_version": FORMAT_VERSION,
+            **self.summary(),
+            "config": self.config,
+            "versions": {"vmd_fast": __version__, "torch": torch.__version__, "python": platform.python_version()},
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with open(paths["json"], "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+        with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["attribute", "sensitivity", "sensitivity_normalized", "sem", "flip_rate"])
+            norm, sem, rates = normalized(self.sensitivity), self.sensitivity_sem, self.flip_rates
+            for name in self.ranking():
+                writer.writerow([name, f"{self.sensitivity[name]:.6g}", f"{norm[name]:.6g}", f"{sem[name]:.6g}", f"{rates[name]:.6g}"])
+        tensors = {name: getattr(self, name).contiguous() for name in _TENSOR_FIELDS}
+        tensors["flipped"] = tensors["flipped"].to(torch.uint8)
+        if self.multi is not None:
+            for name in _MULTI_FIELDS:
+                value = self.multi[name].contiguous()
+                tensors[f"multi.{name}"] = value.to(torch.uint8) if value.dtype == torch.bool else value
+        save_file({k: v.detach().cpu() for k, v in tensors.items()}, paths["tensors"])
+        _plot_histogram(self, paths["histogram"])
+        _save_grid(self.originals, self.counterfactuals, grid_images, paths["grid"])
+        if self.multi is not None and self.originals.numel() > 0:
+            paths["multi_grid"] = os.path.join(directory, "multi_counterfactuals.png")
+            _save_grid(self.originals, self.multi["counterfactuals"][:, None], grid_images, paths["multi_grid"])
+        _write_html(self, record, paths)
+        return paths
+
+    @classmethod
+    def load(cls, directory: str) -> "DiagnosisResult":
+        """Read a report written by :meth:`save` (JSON + safetensors; nothing is unpickled)."""
+        from safetensors.torch import load_file
+
+        json_path = os.path.join(directory, "result.json")
+        if not os.path.exists(json_path):
+            raise FileNotFoundError(f"no diagnosis report in {directory!r} (result.json is missing)")
+        with open(json_path, encoding="utf-8") as f:
+            record = json.load(f)
+        if record.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{json_path} has format_version {record.get('format_version')}, expected {FORMAT_VERSION}")
+        tensors = load_file(os.path.join(directory, "tensors.safetensors"))
+        multi = None
+        if "multi.flipped" in tensors:
+            multi = {name: tensors[f"multi.{name}"] for name in _MULTI_FIELDS}
+            multi["flipped"] = multi["flipped"].bool()
+        return cls(
+            method=record["method"], target=record["target"], task=record["task"],
+            attributes=record["attributes"], changes=tensors["changes"], flipped=tensors["flipped"].bool(),
+            originals=tensors["originals"], counterfactuals=tensors["counterfactuals"], codes=tensors["codes"],
+            multi=multi, config=record.get("config", {}), metrics=record.get("metrics", {}),
+        )
+
+
+def _plot_histogram(result: DiagnosisResult, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = result.ranking()
+    sens, sem = result.sensitivity, result.sensitivity_sem
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * len(order) + 1.5), 3.2), dpi=120)
+    ax.bar(range(len(order)), [sens[a] for a in order], yerr=[sem[a] for a in order], capsize=3, color="#4c72b0")
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(order, rotation=45, ha="right")
+    ax.set_ylabel("sensitivity  E|f(x) - f(x̂)|")
+    ax.set_title(f"{result.method.upper()} diagnosis of {result.target} ({result.n_images} images; bars: s.e.m.)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _save_grid(originals: torch.Tensor, edits: torch.Tensor, k: int, path: str) -> None:
+    """Rows of ``original | edit_1 | ... | edit_A`` for the first ``k`` images."""
+    from PIL import Image
+
+    if originals.numel() == 0 or edits.numel() == 0:
+        Image.new("RGB", (1, 1)).save(path)
+        return
+    k = min(k, originals.shape[0])
+    rows = torch.cat([originals[:k, None], edits[:k]], dim=1)  # (k, 1 + A, 3, H, W)
+    n, cols, c, h, w = rows.shape
+    pad = 2
+    canvas = torch.ones(3, n * (h + pad) + pad, cols * (w + pad) + pad)
+    for i in range(n):
+        for j in range(cols):
+            canvas[:, pad + i * (h + pad) : pad + i * (h + pad) + h, pad + j * (w + pad) : pad + j * (w + pad) + w] = rows[i, j].float().clamp(0, 1)
+    array = (canvas.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    Image.fromarray(array).resize((array.shape[1] * 2, array.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def _inline_png(path: str) -> str:
+    with open(path, "rb") as f:
+        return "data:image/png;base64," + base64.b64encode(f.read()).decode("ascii")
+
+
+def _write_html(result: DiagnosisResult, record: dict, paths: Dict[str, str]) -> None:
+    esc = html.escape
+    norm, sem, rates = normalized(result.sensitivity), result.sensitivity_sem, result.flip_rates
+    rows = "".join(
+        f"<tr><td>{esc(a)}</td><td>{result.sensitivity[a]:.4f}</td><td>{sem[a]:.4f}</td>"
+        f"<td>{norm[a]:.3f}</td><td>{rates[a]:.3f}</td></tr>"
+        for a in result.ranking()
+    )
+    multi = ""
+    if result.multi is not None:
+        multi = f"<p>Multi-attribute counterfactuals: flip rate <b>{result.multi_flip_rate:.3f}</b>.</p>"
+        if "multi_grid" in paths:
+            multi += f'<img alt="multi-attribute counterfactuals" src="{_inline_png(paths["multi_grid"])}">'
+    metrics = "".join(f"<li>{esc(str(k))}: {esc(str(v))}</li>" for k, v in result.metrics.items())
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(result.method.upper())} diagnosis of {esc(result.target)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+td:first-child{{text-align:left}}img{{max-width:100%;image-rendering:pixelated}}</style></head>
+<body>
+<h1>{esc(result.method.upper())} diagnosis of <code>{esc(result.target)}</code></h1>
+<p>Task: {esc(result.task)}; {result.n_images} images; {len(result.attributes)} attributes;
+SDAR {result.sdar:.4f}; most sensitive: <b>{esc(result.ranking()[0])}</b>.</p>
+<h2>Sensitivity</h2>
+<img id="histogram" alt="sensitivity histogram" src="{_inline_png(paths["histogram"])}">
+<table><tr><th>attribute</th><th>sensitivity</th><th>s.e.m.</th><th>normalized</th><th>flip rate</th></tr>{rows}</table>
+<h2>Counterfactuals</h2>
+<p>Each row: the original, then its counterfactual along each attribute ({esc(", ".join(result.attributes))}).</p>
+<img alt="counterfactual grid" src="{_inline_png(paths["grid"])}">
+{multi}
+<h2>Other measurements</h2><ul>{metrics or "<li>none</li>"}</ul>
+<h2>Configuration and versions</h2>
+<pre>{esc(json.dumps({"config": record["config"], "versions": record["versions"], "created": record["created"]}, indent=2))}</pre>
+</body></html>
+"""
+    with open(paths["html"], "w", encoding="utf-8") as f:
+        f.write(page)
