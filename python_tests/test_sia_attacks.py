@@ -1,0 +1,165 @@
+"""SIA (Algorithm 1) and the pixel baselines on small models whose answers are known."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmd_fast import attacks, sia
+from vmd_fast.diagnose import BinaryAdapter
+
+
+class ColourEditor(nn.Module):
+    """G(x, a) = x + shift(a): attribute i shifts the colour channels by W[i] (a known editor)."""
+
+    attributes = ["redness", "blueness", "greenness"]
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("W", torch.tensor([[0.6, 0.0, 0.0], [0.0, 0.0, 0.6], [0.0, 0.6, 0.0]]))
+
+    def encode(self, x):
+        return x
+
+    def decode(self, h, a):
+        return (h + ((a - 0.5) @ self.W)[:, :, None, None]).clamp(0, 1)
+
+
+class RedClassifier(nn.Module):
+    """Binary: "is the image red?" from the mean of the red channel."""
+
+    task = "binary"
+
+    def forward(self, x):
+        return 40.0 * (x[:, 0].mean(dim=(1, 2)) - 0.5)[:, None]
+
+
+def _batch(gen, n=6):
+    x = torch.rand(n, 3, 8, 8, generator=gen) * 0.2 + 0.4
+    x[:, 0] += 0.1  # red: the classifier says 1
+    a = torch.full((n, 3), 0.5)
+    return x.clamp(0, 1), a
+
+
+def test_sia_finds_the_attribute_the_target_depends_on(gen):
+    x, a = _batch(gen)
+    result = sia.attack(RedClassifier(), x, a, editor=ColourEditor(), steps=200)
+    assert result.success.all()
+    sens = result.sensitivity
+    assert sens["redness"] > 0.1 and sens["blueness"] == 0 and sens["greenness"] == 0
+    assert (result.x_T - x).abs().max() <= 1.5 / 255 + 1e-6
+    assert result.success_rate == 1.0
+    assert result.psnr.shape == (6,) and result.ssim.shape == (6,)
+
+
+def test_sia_ablation_modes_update_only_their_spaces(gen):
+    x, a = _batch(gen)
+    image_only = sia.attack(RedClassifier(), x, a, editor=ColourEditor(), steps=30, mode="image")
+    assert torch.equal(image_only.a_T, a) and (image_only.x_T != x).any()
+    attribute_only = sia.attack(RedClassifier(), x, a, editor=ColourEditor(), steps=30, mode="attribute")
+    assert torch.equal(attribute_only.x_T, x) and (attribute_only.a_T != a).any()
+    partial = sia.attack(RedClassifier(), x, a, editor=ColourEditor(), steps=30, mode="partial_image", partial_steps=5)
+    assert (partial.x_T - x).abs().max() <= 5 * 0.25 / 255 + 1e-6
+
+
+def test_sia_keeps_protected_attributes_near_their_start(gen):
+    x, a = _batch(gen)
+    result = sia.attack(RedClassifier(), x, a, editor=ColourEditor(), steps=100, protect=["redness"], eps_protect=0.02)
+    assert (result.a_T[:, 0] - a[:, 0]).abs().max() <= 0.02 + 1e-6
+
+
+def test_sia_matches_a_plain_pytorch_loop(gen):
+    """The fused, batched SIA equals Algorithm 1 written with plain tensor ops."""
+    x0, a0 = _batch(gen)
+    editor, target = ColourEditor(), RedClassifier()
+    eta, eps_x, steps = 0.25 / 255, 1.5 / 255, 25
+    adapter = BinaryAdapter(target)
+    ref = adapter.reference(target(x0))
+    x, a = x0.clone(), a0.clone()
+    for _ in range(steps):
+        xv, av = x.clone().requires_grad_(), a.clone().requires_grad_()
+        loss = F.binary_cross_entropy_with_logits(target(editor.decode(xv, av))[:, 0], 1 - ref["prob"], reduction="sum")
+        gx, ga = torch.autograd.grad(loss, [xv, av])
+        a = torch.min(torch.max(a - eta * ga.sign(), a0 - 1.0), a0 + 1.0).clamp(0, 1)
+        x = torch.min(torch.max(x - eta * gx.sign(), x0 - eps_x), x0 + eps_x).clamp(0, 1)
+    result = sia.attack(target, x0, a0, editor=editor, steps=steps)
+    torch.testing.assert_close(result.a_T, a)
+    torch.testing.assert_close(result.x_T, x)
+
+
+def test_sia_rejects_bad_input(gen):
+    x, a = _batch(gen)
+    editor, target = ColourEditor(), RedClassifier()
+    with pytest.raises(ValueError, match="a must hold"):
+        sia.attack(target, x, None, editor=editor)
+    with pytest.raises(ValueError, match=r"a must have shape \(N=6, A\)"):
+        sia.attack(target, x, a[:2], editor=editor)
+    with pytest.raises(ValueError, match="a must have one column per editor attribute"):
+        sia.attack(target, x, a[:, :2], editor=editor)
+    with pytest.raises(ValueError, match="x must lie in"):
+        sia.attack(target, x + 2, a, editor=editor)
+    with pytest.raises(ValueError, match="a contains NaN"):
+        sia.attack(target, x, a * float("nan"), editor=editor)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sia.attack(target, x, a, editor=editor, mode="pixels")
+    with pytest.raises(ValueError, match="protect names attributes"):
+        sia.attack(target, x, a, editor=editor, protect=["smile"])
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        sia.attack(target, x, a, editor=editor, steps=0)
+
+
+def _linear(gen, k=4):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, k))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(model[1].weight.shape, generator=gen))
+    return model
+
+
+def test_pgd_matches_the_torchattacks_loop(gen):
+    model = _linear(gen)
+    x = torch.rand(5, 3, 8, 8, generator=gen)
+    labels = model(x).argmax(dim=1)
+    eps, alpha, steps = 4 / 255, 1 / 255, 7
+    adv = x.clone()
+    for _ in range(steps):  # torchattacks.PGD's update with random_start=False
+        adv.requires_grad_()
+        grad = torch.autograd.grad(F.cross_entropy(model(adv), labels), adv)[0]
+        adv = adv.detach() + alpha * grad.sign()
+        adv = torch.clamp(x + torch.clamp(adv - x, -eps, eps), 0, 1).detach()
+    torch.testing.assert_close(attacks.pgd(model, x, labels, eps=eps, alpha=alpha, steps=steps, random_start=False), adv)
+
+
+def test_pgd_and_fgsm_stay_in_budget_and_hurt_the_model(gen):
+    model = _linear(gen)
+    x = torch.rand(16, 3, 8, 8, generator=gen)
+    labels = model(x).argmax(dim=1)
+    clean = F.cross_entropy(model(x), labels)
+    for adv in (attacks.fgsm(model, x, eps=8 / 255), attacks.PGD(model, eps=8 / 255, seed=1)(x)):
+        assert (adv - x).abs().max() <= 8 / 255 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+        assert F.cross_entropy(model(adv), labels) > clean
+    a = attacks.PGD(model, seed=3)(x)
+    b = attacks.PGD(model, seed=3)(x)
+    assert torch.equal(a, b)
+
+
+def test_pgd_accepts_a_target_adapter_and_single_logit_models(gen):
+    x = torch.rand(6, 3, 8, 8, generator=gen) * 0.2 + 0.45
+    adv = attacks.pgd(BinaryAdapter(RedClassifier()), x, eps=16 / 255, alpha=2 / 255, steps=20)
+    adapter = BinaryAdapter(RedClassifier())
+    ref = adapter.reference(RedClassifier()(x))
+    assert adapter.flipped(RedClassifier()(adv), ref).all()
+    adv = attacks.pgd(RedClassifier(), x, eps=16 / 255, alpha=2 / 255, steps=20)
+    assert ((RedClassifier()(adv) > 0) != (RedClassifier()(x) > 0)).all()
+
+
+def test_attacks_reject_bad_input(gen):
+    model = _linear(gen)
+    x = torch.rand(2, 3, 8, 8, generator=gen)
+    with pytest.raises(ValueError, match=r"images must be a \(N, C, H, W\) tensor"):
+        attacks.pgd(model, x[0])
+    with pytest.raises(ValueError, match="images must lie in"):
+        attacks.fgsm(model, x * 3)
+    with pytest.raises(ValueError, match="eps must be a number >= 0"):
+        attacks.pgd(model, x, eps=-1.0)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        attacks.pgd(model, x, steps=0)

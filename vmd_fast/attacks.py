@@ -1,0 +1,179 @@
+"""Pixel-space baselines of SIA: FGSM and PGD on the fused projected sign step.
+
+Signatures follow torchattacks (``PGD(model, eps=8/255, alpha=2/255, steps=10,
+random_start=True)(images, labels)``) so that attack code can swap them in; the update
+``x <- clip(Pi_{B(x0, eps)}(x + alpha sign(grad)), 0, 1)`` is one fused kernel
+(:func:`vmd_fast.ops.projected_sign_step`) instead of five elementwise ops.
+
+The loss ascended is, by default, the one that moves the model away from ``labels``:
+cross-entropy for (N, K) logits, binary cross-entropy for one logit. Without ``labels``,
+the model's own predictions on the clean images are used. A
+:class:`vmd_fast.diagnose.TargetAdapter` can stand for the model: the attack then
+minimises its ``objective`` (the same L_target SIA and ZOOM use, keypoints and
+segmentation included).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vmd_fast import ops
+from vmd_fast.diagnose.targets import TargetAdapter
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def default_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss to *ascend*: CE for (N, K) logits (K > 1), BCE for (N, 1) / (N,)."""
+    if outputs.dim() == 2 and outputs.shape[1] > 1:
+        return F.cross_entropy(outputs.float(), labels.long(), reduction="none")
+    logits = outputs.reshape(outputs.shape[0]).float()
+    return F.binary_cross_entropy_with_logits(logits, labels.reshape(-1).float(), reduction="none")
+
+
+def predicted_labels(outputs: torch.Tensor) -> torch.Tensor:
+    """The model's own labels: argmax of (N, K) logits, ``logit > 0`` for one logit."""
+    if outputs.dim() == 2 and outputs.shape[1] > 1:
+        return outputs.argmax(dim=1)
+    return (outputs.reshape(outputs.shape[0]) > 0).float()
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a (N, C, H, W) tensor, got {getattr(images, 'shape', type(images))}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be a floating-point tensor, got {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or Inf")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError("images must lie in [0, 1]")
+
+
+class _Objective:
+    """The per-sample loss to descend, for a plain model (with labels) or an adapter."""
+
+    def __init__(self, model, images, labels, loss: Optional[LossFn], targeted: bool):
+        self.adapter = model if isinstance(model, TargetAdapter) else None
+        if self.adapter is not None:
+            with torch.no_grad():
+                self.ref = self.adapter.reference(self.adapter.outputs(images))
+            return
+        self.model, self.loss, self.sign = model, loss or default_loss, (1.0 if targeted else -1.0)
+        if labels is None:
+            with torch.no_grad():
+                labels = predicted_labels(model(images))
+        self.labels = labels.to(images.device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.adapter is not None:
+            return self.adapter.objective(self.adapter.outputs(x), self.ref)
+        # Untargeted: descend -loss (ascend the loss); targeted: descend the loss to `labels`.
+        return self.sign * self.loss(self.model(x), self.labels)
+
+
+def _descent_step(objective: _Objective, x: torch.Tensor, origin: torch.Tensor, alpha, eps) -> None:
+    x_var = x.detach().requires_grad_()
+    (grad,) = torch.autograd.grad(objective(x_var).sum(), x_var)
+    # projected_sign_step moves along +sign(grad): pass the descent direction.
+    ops.projected_sign_step(x, grad.neg_(), origin, alpha, eps, 0.0, 1.0, out=x)
+
+
+def fgsm(
+    model: Union[nn.Module, TargetAdapter],
+    images: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    eps: float = 8 / 255,
+    loss: Optional[LossFn] = None,
+    targeted: bool = False,
+) -> torch.Tensor:
+    """Fast Gradient Sign Method (Goodfellow et al.): one step of size ``eps``.
+
+    Args:
+        model: the target (logits out), or a :class:`~vmd_fast.diagnose.TargetAdapter`.
+        images: (N, C, H, W) in [0, 1].
+        labels: (N,) class indices or 0/1 labels; ``None``: the model's predictions.
+        eps: the L_inf budget (and step).
+        loss: per-sample loss ``loss(outputs, labels) -> (N,)``; default CE / BCE.
+        targeted: move towards ``labels`` instead of away from them.
+
+    Returns:
+        (N, C, H, W) adversarial images.
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 1))
+        >>> x = torch.rand(2, 3, 2, 2)
+        >>> adv = fgsm(model, x, eps=0.1)
+        >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
+        True
+    """
+    return pgd(model, images, labels, eps=eps, alpha=eps, steps=1, random_start=False, loss=loss, targeted=targeted)
+
+
+def pgd(
+    model: Union[nn.Module, TargetAdapter],
+    images: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    eps: float = 8 / 255,
+    alpha: float = 2 / 255,
+    steps: int = 10,
+    random_start: bool = True,
+    loss: Optional[LossFn] = None,
+    targeted: bool = False,
+    generator: Optional[torch.Generator] = None,
+) -> torch.Tensor:
+    """Projected Gradient Descent (Madry et al.) with the fused projected sign step.
+
+    Args:
+        model, images, labels, loss, targeted: as in :func:`fgsm`.
+        eps: the L_inf budget around ``images``.
+        alpha: the step size.
+        steps: the number of steps.
+        random_start: start from a uniform point of the eps-ball (seeded by ``generator``).
+
+    Returns:
+        (N, C, H, W) adversarial images.
+    """
+    _check_images(images)
+    for name, value in (("eps", eps), ("alpha", alpha)):
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    origin = images.detach().clone()
+    objective = _Objective(model, origin, labels, loss, targeted)
+    x = origin.clone()
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = (x + (2 * noise - 1) * eps).clamp(0, 1)
+    with ops.value_checks(False):  # inputs were checked above; the loop stays sync-free
+        for _ in range(steps):
+            _descent_step(objective, x, origin, alpha, eps)
+    return x
+
+
+class FGSM:
+    """torchattacks-style FGSM: ``FGSM(model, eps)(images, labels)``."""
+
+    def __init__(self, model, eps: float = 8 / 255):
+        self.model, self.eps = model, eps
+
+    def __call__(self, images, labels=None):
+        return fgsm(self.model, images, labels, eps=self.eps)
+
+
+class PGD:
+    """torchattacks-style PGD: ``PGD(model, eps, alpha, steps, random_start)(images, labels)``."""
+
+    def __init__(self, model, eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10,
+                 random_start: bool = True, seed: Optional[int] = None):
+        self.model, self.eps, self.alpha, self.steps, self.random_start = model, eps, alpha, steps, random_start
+        self.seed = seed
+
+    def __call__(self, images, labels=None):
+        generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
+        return pgd(self.model, images, labels, eps=self.eps, alpha=self.alpha, steps=self.steps,
+                   random_start=self.random_start, generator=generator)
