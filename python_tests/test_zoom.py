@@ -1,0 +1,196 @@
+"""ZOOM on a small world whose answers are known: a colour generator, a colour CLIP, a red classifier."""
+
+import pytest
+import torch
+from torch import nn
+
+from vmd_fast import zoom
+
+COLOURS = ("red", "green", "blue")
+
+
+class ColourGenerator(nn.Module):
+    """A style generator in miniature: 12 style channels in two layers; channels 4c..4c+3
+    brighten colour c; the image is a fixed texture plus the colour offsets, 16x16."""
+
+    z_dim = 6
+    style_space_dims = [6, 6]
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.register_buffer("mapping", torch.randn(6, 12, generator=gen) * 0.5)
+        colour = torch.zeros(12, 3)
+        for c in range(3):
+            colour[4 * c : 4 * c + 4, c] = 0.4
+        self.register_buffer("colour", colour)
+        self.register_buffer("texture", torch.rand(3, 16, 16, generator=gen) * 2 - 1)
+
+    def mapping_to_styles(self, z):
+        return list(torch.split(z @ self.mapping, self.style_space_dims, dim=1))
+
+    def flatten_styles(self, styles):
+        return torch.cat(list(styles), dim=1)
+
+    def unflatten_styles(self, flat):
+        return list(torch.split(flat, self.style_space_dims, dim=1))
+
+    def synthesize(self, styles):
+        offsets = self.flatten_styles(styles) @ self.colour  # (N, 3)
+        return torch.sigmoid(self.texture + offsets[:, :, None, None])
+
+
+class ColourCLIP(nn.Module):
+    """Image embedding: mean colour; text embedding: bag of words where the colour words
+    point along the colour axes and every other word along its own random direction."""
+
+    def __init__(self):
+        super().__init__()
+        gen = torch.Generator().manual_seed(1)
+        self.register_buffer("words", torch.randn(64, 8, generator=gen) * 0.3)
+        self.register_buffer("project", torch.eye(3, 8))
+
+    def encode_image(self, x):
+        return (x.mean(dim=(2, 3)) - 0.5) @ self.project + 1e-3
+
+    def encode_text(self, tokens):
+        return self.words[tokens].sum(dim=1)
+
+
+def colour_tokenizer(prompts):
+    ids = []
+    for prompt in prompts:
+        words = prompt.split()
+        row = [COLOURS.index(w) + 1 if w in COLOURS else 4 + hash(w) % 60 for w in words]
+        ids.append(row + [0] * (12 - len(row)))
+    return torch.tensor(ids)
+
+
+class RedClassifier(nn.Module):
+    task = "binary"
+
+    def forward(self, x):
+        return 30.0 * (x[:, 0].mean(dim=(1, 2)) - x[:, 1:].mean(dim=(1, 2, 3)))[:, None]
+
+
+@pytest.fixture(scope="module")
+def world():
+    G, clip = ColourGenerator(), ColourCLIP()
+    clip.words[1:4] = torch.eye(3, 8) * 3.0  # the colour words
+    relevance = zoom.relevance_matrix(G, clip, zoom.RelevanceConfig(n_images=4, stats_images=200), progress=False)
+    return G, clip, relevance
+
+
+def test_relevance_rows_point_where_clip_sees_their_channel(world):
+    _, _, relevance = world
+    M = relevance["M"]
+    assert M.shape == (12, 8)
+    for c in range(3):
+        axis = torch.eye(8)[c]
+        cos = (M[4 * c : 4 * c + 4] @ axis).abs()
+        assert (cos > 0.9).all(), (c, cos)
+
+
+def test_relevance_matrix_is_cached_by_checksum(world, tmp_path):
+    G, clip, relevance = world
+    cfg = zoom.RelevanceConfig(n_images=4, stats_images=200)
+    first = zoom.relevance_matrix(G, clip, cfg, cache_dir=str(tmp_path), progress=False)
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1
+    again = zoom.relevance_matrix(G, clip, cfg, cache_dir=str(tmp_path), progress=False)
+    assert torch.equal(first["M"], again["M"]) and torch.allclose(first["M"], relevance["M"])
+
+
+def test_global_directions_select_the_attribute_channels(world):
+    _, clip, relevance = world
+    dt = zoom.text_directions(clip, ["red", "blue"], prefix="a face", tokenizer=colour_tokenizer)
+    ds = zoom.global_directions(relevance, dt, threshold=0.3)
+    assert torch.allclose(ds.norm(dim=1), torch.ones(2))
+    assert ds[0, :4].abs().sum() > 0.95 * ds[0].abs().sum()
+    assert ds[1, 8:].abs().sum() > 0.95 * ds[1].abs().sum()
+
+
+def _diagnose(world, **kw):
+    G, clip, relevance = world
+    args = dict(n_images=6, generator=G, clip=clip, relevance=relevance, tokenizer=colour_tokenizer,
+                steps=30, lr=0.5, eps=8.0, threshold=0.3, progress=False, prefix="a face",
+                consistency_prompts=None, gamma=0.0)
+    args.update(kw)
+    return zoom.diagnose(RedClassifier(), list(COLOURS), **args)
+
+
+def test_zoom_finds_the_attribute_the_target_depends_on(world):
+    result = _diagnose(world)
+    assert result.ranking()[0] == "red"
+    assert result.flip_rates["red"] > 0.5
+    assert result.changes.shape == (6, 3) and result.counterfactuals.shape == (6, 3, 3, 16, 16)
+    assert result.codes.abs().max() <= 8.0
+    assert result.multi["flipped"].shape == (6,)
+    assert set(result.metrics) == {"single_FR-25", "multi_FR-25"}
+    assert 0.0 <= result.metrics["single_FR-25"] <= 1.0
+
+
+def test_zoom_is_deterministic_and_uses_clip_consistency(world):
+    prompts = ("a face with red", "a face with green")
+    a = _diagnose(world, gamma=0.5, consistency_prompts=prompts, steps=10)
+    b = _diagnose(world, gamma=0.5, consistency_prompts=prompts, steps=10)
+    assert torch.equal(a.changes, b.changes) and torch.equal(a.codes, b.codes)
+    c = _diagnose(world, gamma=0.0, steps=10)
+    assert not torch.equal(a.codes, c.codes)
+    assert a.config["consistency_prompts"] == list(prompts)
+
+
+def test_interrupted_zoom_resumes_to_the_same_result(world, tmp_path, monkeypatch):
+    kw = dict(steps=12, checkpoint_every=5, rows_per_batch=9)  # 3 images x 3 attributes: two batches
+    expected = _diagnose(world, **kw)
+    calls = {"n": 0}
+    original_run = zoom._Search.run
+
+    def flaky_run(self, start, stop, use_graph):
+        calls["n"] += 1
+        if calls["n"] == 8:  # inside the second batch, after some checkpoints
+            raise KeyboardInterrupt
+        return original_run(self, start, stop, use_graph)
+
+    monkeypatch.setattr(zoom._Search, "run", flaky_run)
+    with pytest.raises(KeyboardInterrupt):
+        _diagnose(world, checkpoint=str(tmp_path), **kw)
+    monkeypatch.setattr(zoom._Search, "run", original_run)
+    resumed = _diagnose(world, checkpoint=str(tmp_path), **kw)
+    assert torch.equal(resumed.changes, expected.changes)
+    assert torch.equal(resumed.codes, expected.codes)
+    assert torch.equal(resumed.multi["codes"], expected.multi["codes"])
+    with pytest.raises(ValueError, match="different run"):
+        _diagnose(world, checkpoint=str(tmp_path), **{**kw, "steps": 13})
+
+
+def test_zoom_rejects_bad_input(world):
+    with pytest.raises(ValueError, match="attributes must be a non-empty list"):
+        zoom.diagnose(RedClassifier(), [], generator=world[0], clip=world[1])
+    with pytest.raises(ValueError, match="attributes must be distinct"):
+        zoom.diagnose(RedClassifier(), ["red", "red"], generator=world[0], clip=world[1])
+    with pytest.raises(ValueError, match="n_images must be a positive integer"):
+        zoom.diagnose(RedClassifier(), ["red"], n_images=0, generator=world[0], clip=world[1])
+    with pytest.raises(ValueError, match="lr must be a number >= 0"):
+        zoom.ZoomConfig(lr=-1.0)
+    with pytest.raises(ValueError, match="generator must be on meta"):
+        zoom.diagnose(RedClassifier(), ["red"], generator=world[0], clip=world[1], device="meta")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graph_replay_equals_eager(world):
+    G, clip, relevance = world
+    G, clip = ColourGenerator().cuda(), ColourCLIP().cuda()
+    clip.words[1:4] = torch.eye(3, 8, device="cuda") * 3.0
+    relevance = {k: v.cuda() for k, v in world[2].items()}
+    kw = dict(n_images=6, generator=G, clip=clip, relevance=relevance, tokenizer=colour_tokenizer, steps=20,
+              lr=0.5, eps=8.0, threshold=0.3, progress=False, prefix="a face", gamma=0.5,
+              consistency_prompts=("a face with red", "a face with green"))
+    target = RedClassifier().cuda()
+    graphed = zoom.diagnose(target, list(COLOURS), cuda_graph=True, **kw)
+    eager = zoom.diagnose(target, list(COLOURS), cuda_graph=False, **kw)
+    assert graphed.config["cuda_graph_used"] and not eager.config["cuda_graph_used"]
+    torch.testing.assert_close(graphed.codes, eager.codes, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(graphed.changes, eager.changes, atol=1e-4, rtol=1e-4)
+    cpu = _diagnose(world, steps=20, gamma=0.5, consistency_prompts=("a face with red", "a face with green"))
+    assert graphed.ranking()[0] == cpu.ranking()[0] == "red"

@@ -1,0 +1,599 @@
+"""ZOOM, zero-shot model diagnosis in a StyleGAN style space steered by CLIP (thesis ch. 3).
+
+The pieces, in the thesis's order:
+
+1. **Relevance matrix** ``M`` (StyleCLIP global directions, thesis 3.3.2): how CLIP's image
+   embedding moves when each style channel is mutated by ``+-alpha sigma_c``; built in
+   batches of (images x channels) edits with the fused :func:`vmd_fast.ops.relevance_accumulate`
+   and cached on disk under the generator's and CLIP's checksums
+   (:func:`relevance_matrix`).
+2. **Edit directions** for any attribute prompts: ``dt = CLIP_text(p + a) - CLIP_text(p)``
+   (Eq. 3.1), ``ds = (M dt) 1(|M dt| >= lambda)`` scaled by the channel std and normalised
+   (Eq. 3.2), all attributes in one :func:`vmd_fast.ops.relevance_directions` call.
+3. **Counterfactuals**: ``x_hat = G(s + sum_i w_i ds_i)`` (Eq. 3.3) minimising
+   ``alpha L_target + beta (1 - SSIM(x_hat, x)) + gamma CE(CLIP(x_hat), CLIP(x))`` (Eq. 3.4)
+   with ``w <- clamp(w - eta grad_w, -eps, eps)`` (fused :func:`vmd_fast.ops.clamp_gd_step`),
+   SSIM against cached reference statistics and the fused CLIP-consistency loss. All
+   images x attributes are one batch (single-attribute mode: one ``w_i`` per row), or all
+   attributes of an image together (multi-attribute mode).
+4. **Sensitivity** ``h_i = E |f(x) - f(x_hat_i)|`` per attribute, flip rates and flip
+   resistance after k steps (FR-25, FR-100, Table 3.3), in a
+   :class:`vmd_fast.diagnose.DiagnosisResult`.
+
+On CUDA the inner step (generator, target, losses, gradient, update) is captured once in a
+CUDA graph and replayed; on every device the run checkpoints after each batch of images
+(and every ``checkpoint_every`` steps) and resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vmd_fast import ops
+from vmd_fast.diagnose.result import DiagnosisResult
+from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# The generator and CLIP, as ZOOM uses them
+
+
+def _model_checksum(module: nn.Module) -> str:
+    """The zoo's sha256 when the module came from the zoo, else a hash of its weights."""
+    info = getattr(module, "zoo_info", None)
+    if isinstance(info, dict) and info.get("sha256"):
+        return str(info["sha256"])
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _module_device(module: nn.Module) -> torch.device:
+    for p in module.parameters():
+        return p.device
+    for b in module.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def clip_image_features(clip: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Unit-norm CLIP image embeddings of images in [0, 1], (N, D).
+
+    Uses ``vmd_fast.models.clip.normalize_images`` when the model carries open_clip's
+    preprocessing configuration, so that any open_clip model works the same way.
+    """
+    if hasattr(getattr(clip, "visual", None), "preprocess_cfg"):
+        from vmd_fast.models.clip import normalize_images
+
+        x = normalize_images(x, clip)
+    return nn.functional.normalize(clip.encode_image(x).float(), dim=-1)
+
+
+def clip_text_features(clip: nn.Module, prompts: Sequence[str], tokenizer: Optional[Callable] = None) -> torch.Tensor:
+    """Unit-norm CLIP text embeddings of ``prompts``, (P, D)."""
+    if tokenizer is None:
+        from vmd_fast.models.clip import tokenizer as default_tokenizer
+
+        tokenizer = default_tokenizer()
+    tokens = tokenizer(list(prompts)).to(_module_device(clip))
+    with torch.no_grad():
+        return nn.functional.normalize(clip.encode_text(tokens).float(), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# 1. The relevance matrix
+
+
+@dataclass
+class RelevanceConfig:
+    """How :func:`relevance_matrix` probes the style space (StyleCLIP's defaults where it has them).
+
+    Args:
+        n_images: style codes each channel is mutated on (the expectation over images).
+        strength: the mutation ``+-strength * sigma_c`` (StyleCLIP: 5).
+        stats_images: samples for the per-channel mean and std of the style space.
+        batch_size: edited images per forward pass (memory bound).
+        seed: seeds the style codes.
+    """
+
+    n_images: int = 8
+    strength: float = 5.0
+    stats_images: int = 2000
+    batch_size: int = 256
+    seed: int = 0
+
+
+def style_statistics(G: nn.Module, n: int = 2000, seed: int = 0, batch_size: int = 500) -> Dict[str, torch.Tensor]:
+    """Mean and std of every style channel over ``n`` samples: ``{"mean": (C,), "std": (C,)}``."""
+    device = _module_device(G)
+    gen = torch.Generator().manual_seed(seed)
+    flats = []
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device)
+            flats.append(G.flatten_styles(G.mapping_to_styles(z)).double())
+    flat = torch.cat(flats)
+    return {"mean": flat.mean(0).float(), "std": flat.std(0).float()}
+
+
+def _relevance_cache_path(cache_dir: str, G, clip, config: RelevanceConfig) -> str:
+    key = json.dumps({"G": _model_checksum(G), "clip": _model_checksum(clip), **asdict(config)}, sort_keys=True)
+    return os.path.join(cache_dir, f"relevance-{hashlib.sha256(key.encode()).hexdigest()[:20]}.safetensors")
+
+
+def relevance_matrix(
+    G: nn.Module,
+    clip: nn.Module,
+    config: Optional[RelevanceConfig] = None,
+    cache_dir: Optional[str] = None,
+    progress: bool = True,
+) -> Dict[str, torch.Tensor]:
+    """The StyleCLIP relevance matrix of ``G``'s style space for ``clip``.
+
+    For each of ``n_images`` style codes and every channel c, the images
+    ``G(s +- strength sigma_c 1_c)`` are embedded by CLIP and the normalised difference is
+    accumulated into row c (:func:`vmd_fast.ops.relevance_accumulate`, sparse form);
+    rows are normalised at the end. Streamed over batches of ``batch_size`` edits, so the
+    memory is bounded whatever the number of channels.
+
+    Args:
+        G: the style generator (``mapping_to_styles``, ``synthesize``, ``flatten_styles``,
+            ``unflatten_styles``, ``z_dim``).
+        clip: an open_clip-style model (``encode_image``).
+        config: :class:`RelevanceConfig`.
+        cache_dir: where to keep the result, keyed by both models' checksums and the
+            config; a later call with the same key loads it instead of recomputing.
+
+    Returns:
+        ``{"M": (C, D), "mean": (C,), "std": (C,)}`` (float32, on ``G``'s device).
+    """
+    from safetensors.torch import load_file, save_file
+
+    cfg = config or RelevanceConfig()
+    device = _module_device(G)
+    path = _relevance_cache_path(cache_dir, G, clip, cfg) if cache_dir else None
+    if path and os.path.exists(path):
+        log.info("relevance matrix loaded from %s", path)
+        return {k: v.to(device) for k, v in load_file(path).items()}
+    stats = style_statistics(G, cfg.stats_images, cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    with torch.no_grad():
+        z = torch.randn(cfg.n_images, G.z_dim, generator=gen).to(device)
+        base = G.flatten_styles(G.mapping_to_styles(z))  # (n, C)
+        channels = base.shape[1]
+        dim = clip_image_features(clip, G.synthesize(G.unflatten_styles(base[:1]))).shape[1]
+        M = torch.zeros(channels, dim, device=device)
+        pairs = cfg.n_images * channels  # (image, channel) probes, channel-major within an image
+        per_batch = max(1, cfg.batch_size // 2)
+        bar = tqdm(total=pairs, desc="relevance matrix", unit="probe", disable=not progress)
+        for start in range(0, pairs, per_batch):
+            idx = torch.arange(start, min(start + per_batch, pairs), device=device)
+            image, channel = idx // channels, idx % channels
+            shift = cfg.strength * stats["std"].to(device)[channel]
+            edits = base[image].repeat(2, 1)  # (2B, C): the + edits, then the - edits
+            rows = torch.arange(idx.numel(), device=device)
+            edits[rows, channel] += shift
+            edits[rows + idx.numel(), channel] -= shift
+            feats = clip_image_features(clip, G.synthesize(G.unflatten_styles(edits)))
+            delta = feats[: idx.numel()] - feats[idx.numel():]
+            ops.relevance_accumulate(M, torch.ones(idx.numel(), device=device), delta, channel_index=channel)
+            bar.update(idx.numel())
+        bar.close()
+        result = {"M": ops.normalize_relevance(M), "mean": stats["mean"].to(device), "std": stats["std"].to(device)}
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in result.items()}, path)
+        log.info("relevance matrix cached in %s", path)
+    return result
+
+
+# ---------------------------------------------------------------------------------------
+# 2. Edit directions
+
+
+def text_directions(
+    clip: nn.Module,
+    attributes: Sequence[str],
+    prefix: str = "a photo of a face",
+    template: str = "{prefix} with {attribute}",
+    tokenizer: Optional[Callable] = None,
+) -> torch.Tensor:
+    """``dt_i = CLIP_text(p + a_i) - CLIP_text(p)``, normalised (thesis Eq. 3.1); (A, D).
+
+    Example (with the thesis's prompt): ``text_directions(clip, ["eyeglasses"],
+    prefix="a face")`` uses "a face with eyeglasses" minus "a face".
+    """
+    prompts = [template.format(prefix=prefix, attribute=a) for a in attributes]
+    feats = clip_text_features(clip, [prefix] + prompts, tokenizer)
+    return nn.functional.normalize(feats[1:] - feats[:1], dim=-1)
+
+
+def global_directions(relevance: Dict[str, torch.Tensor], dt: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """Unit-norm style-space edit directions for text directions ``dt`` (thesis Eq. 3.2).
+
+    ``(M dt) 1(|M dt| >= threshold)`` scaled by the channel std, normalised per attribute,
+    for all attributes in one fused call. An attribute that no channel passes the
+    threshold for is retried with half the threshold (logged), so that no direction is
+    silently zero.
+
+    Returns:
+        (A, C) directions.
+    """
+    M, std = relevance["M"], relevance["std"]
+    dt = dt.to(M.device, M.dtype)
+    ds = ops.relevance_directions(M, dt, threshold, normalize="l2", channel_scale=std)
+    empty = ds.abs().sum(dim=1) == 0
+    lowered = threshold
+    while bool(empty.any()) and lowered > 1e-6:
+        lowered /= 2
+        log.info("no style channel passes the threshold %.4g for %d attribute(s); trying %.4g",
+                 threshold, int(empty.sum()), lowered)
+        retry = ops.relevance_directions(M, dt[empty], lowered, normalize="l2", channel_scale=std)
+        ds[empty] = retry
+        empty = ds.abs().sum(dim=1) == 0
+    return ds
+
+
+# ---------------------------------------------------------------------------------------
+# 3. Counterfactual search
+
+
+@dataclass
+class ZoomConfig:
+    """ZOOM's settings (thesis Eq. 3.4 and 3.10; Table 3.3 uses eta = 0.2, eps = 30).
+
+    Args:
+        alpha, beta, gamma: weights of L_target, L_struct = 1 - SSIM and L_attr (CLIP
+            consistency of the target's own attribute).
+        steps: optimisation steps per counterfactual.
+        lr: eta of ``w <- clamp(w - eta grad, -eps, eps)``.
+        eps: bound of every edit strength w_i.
+        threshold: lambda of Eq. 3.2.
+        prefix, template: how attribute prompts are written (Eq. 3.1).
+        consistency_prompts: CLIP prompts of the target's own attribute for L_attr (e.g.
+            ("a face that is smiling", "a face that is not smiling")); default: built from
+            the target's ``label`` / ``zoo_info["label"]`` when it has one, else L_attr is off.
+        consistency_temperature: softmax temperature of the CLIP logits in L_attr.
+        rows_per_batch: image x attribute rows optimised together.
+        multi: also search one multi-attribute counterfactual per image.
+        checkpoint_every: steps between in-batch checkpoints (when a checkpoint is given).
+        cuda_graph: capture the inner step in a CUDA graph on CUDA devices.
+        flip_steps: steps at which flip resistance is reported (FR-k).
+        seed: seeds the images (z) and the keypoint targets.
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    gamma: float = 0.5
+    steps: int = 100
+    lr: float = 0.2
+    eps: float = 30.0
+    threshold: float = 0.05
+    prefix: str = "a photo of a face"
+    template: str = "{prefix} with {attribute}"
+    consistency_prompts: Optional[Sequence[str]] = None
+    consistency_temperature: float = 0.07
+    rows_per_batch: int = 256
+    multi: bool = True
+    checkpoint_every: int = 25
+    cuda_graph: bool = True
+    flip_steps: Sequence[int] = (25, 100)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("alpha", "beta", "gamma", "lr", "eps", "threshold", "consistency_temperature"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+        for name in ("steps", "rows_per_batch", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _Search:
+    """One batch of counterfactual searches: rows of (style code, edit directions).
+
+    ``s0`` (R, C) original styles, ``basis`` (R, K, C) the K directions each row may move
+    along, ``w`` (R, K) their strengths; ``x_hat = G(s0 + w basis)``.
+    """
+
+    def __init__(self, G, adapter, ref, ssim_ref, clip, text, cfg: ZoomConfig, s0, basis, orig_logits):
+        self.G, self.adapter, self.ref, self.ssim_ref, self.clip, self.text, self.cfg = G, adapter, ref, ssim_ref, clip, text, cfg
+        self.s0, self.basis, self.orig_logits = s0, basis, orig_logits
+        rows = s0.shape[0]
+        self.w = torch.zeros(rows, basis.shape[1], device=s0.device)
+        # The first step at which each row flipped (steps + 1: never), tracked without syncs.
+        self.first_flip = torch.full((rows,), cfg.steps + 1, dtype=torch.long, device=s0.device)
+        self.step_index = torch.zeros((), dtype=torch.long, device=s0.device)
+        self.graph = None
+
+    def images(self, w: torch.Tensor) -> torch.Tensor:
+        styles = self.s0 + torch.einsum("rk,rkc->rc", w, self.basis)
+        return self.G.synthesize(self.G.unflatten_styles(styles))
+
+    def _loss_and_flip(self, w):
+        x_hat = self.images(w)
+        outputs = self.adapter.outputs(x_hat)
+        loss = self.cfg.alpha * self.adapter.objective(outputs, self.ref)
+        if self.cfg.beta:
+            loss = loss + self.cfg.beta * (1 - self.ssim_ref.ssim(x_hat, size_average=False))
+        if self.cfg.gamma and self.text is not None:
+            logits = clip_image_features(self.clip, x_hat) @ self.text.T
+            loss = loss + self.cfg.gamma * ops.clip_consistency(
+                logits, self.orig_logits, self.cfg.consistency_temperature, reduction="none"
+            )
+        return loss, self.adapter.flipped(outputs.detach(), self.ref)
+
+    def _step(self):
+        w = self.w.detach().requires_grad_()
+        loss, flipped = self._loss_and_flip(w)
+        (grad,) = torch.autograd.grad(loss.sum(), w)
+        self.first_flip.copy_(torch.where(flipped & (self.first_flip > self.step_index), self.step_index, self.first_flip))
+        ops.clamp_gd_step(self.w, grad, self.cfg.lr, self.cfg.eps, out=self.w)
+        self.step_index += 1
+
+    def _capture(self):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        saved = (self.w.clone(), self.first_flip.clone(), self.step_index.clone())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up the allocator and the autotuners outside the graph
+                self._step()
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step()
+        for target, value in zip((self.w, self.first_flip, self.step_index), saved):
+            target.copy_(value)
+
+    def run(self, start: int, stop: int, use_graph: bool) -> None:
+        with ops.value_checks(False):
+            if use_graph and self.graph is None:
+                self._capture()
+            for _ in range(start, stop):
+                if self.graph is not None:
+                    self.graph.replay()
+                else:
+                    self._step()
+
+    def finish(self):
+        """Final images, outputs, changes and flips at the current w."""
+        with torch.no_grad(), ops.value_checks(False):
+            x_hat = self.images(self.w)
+            outputs = self.adapter.outputs(x_hat)
+            flipped = self.adapter.flipped(outputs, self.ref)
+            first = torch.where(flipped & (self.first_flip > self.cfg.steps), torch.full_like(self.first_flip, self.cfg.steps), self.first_flip)
+            return x_hat, self.adapter.change(outputs, self.ref), flipped, first
+
+
+def _consistency_prompts(target, cfg: ZoomConfig) -> Optional[List[str]]:
+    if cfg.consistency_prompts is not None:
+        return list(cfg.consistency_prompts)
+    model = target.model if isinstance(target, TargetAdapter) else target
+    label = getattr(model, "label", None) or (getattr(model, "zoo_info", None) or {}).get("label")
+    if not isinstance(label, str):
+        return None
+    phrase = label.replace("_", " ")
+    return [f"{cfg.prefix} with {phrase}", f"{cfg.prefix} without {phrase}"]
+
+
+def _target_name(target) -> str:
+    model = target.model if isinstance(target, TargetAdapter) else target
+    info = getattr(model, "zoo_info", None) or {}
+    return str(info.get("name") or type(model).__name__)
+
+
+_SEARCH_OUTPUTS = ("images", "change", "flipped", "first_flip", "w")
+
+
+class _Checkpoint:
+    """Per-batch results and the in-batch search state, in one safetensors + JSON pair."""
+
+    def __init__(self, directory: Optional[str], key: str):
+        self.directory, self.key = directory, key
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+
+    def _paths(self):
+        return os.path.join(self.directory, "zoom-checkpoint.json"), os.path.join(self.directory, "zoom-checkpoint.safetensors")
+
+    def load(self):
+        from safetensors.torch import load_file
+
+        if not self.directory or not os.path.exists(self._paths()[0]):
+            return None, {}
+        with open(self._paths()[0], encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("key") != self.key:
+            raise ValueError(
+                f"the checkpoint in {self.directory!r} belongs to a different run (other target, "
+                "models, attributes or settings); use another directory or delete it"
+            )
+        return meta, load_file(self._paths()[1])
+
+    def save(self, meta: dict, tensors: Dict[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        if not self.directory:
+            return
+        json_path, tensor_path = self._paths()
+        # Write to temporary names, then rename: an interruption never leaves half a file.
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tensor_path + ".tmp")
+        with open(json_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump({**meta, "key": self.key}, f)
+        os.replace(tensor_path + ".tmp", tensor_path)
+        os.replace(json_path + ".tmp", json_path)
+
+
+def diagnose(
+    target,
+    attributes: Sequence[str],
+    n_images: int = 64,
+    generator: Optional[nn.Module] = None,
+    clip: Optional[nn.Module] = None,
+    config: Optional[ZoomConfig] = None,
+    relevance: Optional[Dict[str, torch.Tensor]] = None,
+    relevance_config: Optional[RelevanceConfig] = None,
+    cache_dir: Optional[str] = None,
+    checkpoint: Optional[str] = None,
+    device=None,
+    progress: bool = True,
+    tokenizer: Optional[Callable] = None,
+    **overrides,
+) -> DiagnosisResult:
+    """Diagnose ``target`` along the attribute prompts ``attributes`` (thesis ch. 3).
+
+    Args:
+        target: the model (task from ``target.task`` or its output shape) or a
+            :class:`~vmd_fast.diagnose.TargetAdapter`.
+        attributes: attribute phrases, e.g. ``["eyeglasses", "a hat", "a beard"]``.
+        n_images: images sampled from the generator (seeded by ``config.seed``).
+        generator, clip: default: the zoo's ``"generator"`` and ``"clip"``.
+        config: :class:`ZoomConfig`; keyword ``overrides`` replace its fields
+            (``steps=25, alpha=2.0``).
+        relevance: a precomputed ``relevance_matrix(...)``; default: computed (and cached
+            in ``cache_dir``).
+        checkpoint: a directory for the checkpoint; an interrupted run given the same
+            directory resumes where it stopped and gives the same result.
+        device: where to run (default: the generator's device, or CUDA when available and
+            the models are loaded here).
+
+    Returns:
+        :class:`~vmd_fast.diagnose.DiagnosisResult` (``method="zoom"``): per-image,
+        per-attribute changes and flips, the counterfactuals, ``codes`` = the final w_i,
+        the multi-attribute counterfactuals, and ``metrics`` with FR-k.
+    """
+    cfg = config or ZoomConfig()
+    if overrides:
+        cfg = ZoomConfig(**{**asdict(cfg), **overrides})
+    attributes = list(attributes)
+    if not attributes or not all(isinstance(a, str) and a.strip() for a in attributes):
+        raise ValueError(f"attributes must be a non-empty list of prompts, got {attributes!r}")
+    if len(set(attributes)) != len(attributes):
+        raise ValueError(f"attributes must be distinct, got {attributes!r}")
+    if not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be a positive integer, got {n_images!r}")
+    if generator is None or clip is None:
+        from vmd_fast import zoo
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        generator = generator if generator is not None else zoo.load("generator", device=dev)
+        clip = clip if clip is not None else zoo.load("clip", device=dev)
+    device = torch.device(device) if device is not None else _module_device(generator)
+    model = target.model if isinstance(target, TargetAdapter) else target
+    for name, module in (("generator", generator), ("clip", clip), ("target", model)):
+        if _module_device(module) != device:
+            raise ValueError(f"{name} must be on {device}, got {_module_device(module)} (move it with .to(device))")
+
+    if relevance is None:
+        relevance = relevance_matrix(generator, clip, relevance_config, cache_dir=cache_dir, progress=progress)
+    dt = text_directions(clip, attributes, cfg.prefix, cfg.template, tokenizer)
+    ds = global_directions(relevance, dt, cfg.threshold)  # (A, C)
+    prompts = _consistency_prompts(target, cfg)
+    text = clip_text_features(clip, prompts, tokenizer) * (1.0 / cfg.consistency_temperature) if prompts else None
+    # The temperature is folded into the logits; clip_consistency then runs at 1.
+    cfg_loop = ZoomConfig(**{**asdict(cfg), "consistency_temperature": 1.0})
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    z_all = torch.randn(n_images, generator.z_dim, generator=gen)
+    n_attr = len(attributes)
+    images_per_batch = max(1, cfg.rows_per_batch // n_attr)
+    key = hashlib.sha256(json.dumps({
+        "target": _model_checksum(model), "G": _model_checksum(generator), "clip": _model_checksum(clip),
+        "attributes": attributes, "n_images": n_images, "config": asdict(cfg),
+    }, sort_keys=True, default=str).encode()).hexdigest()
+    store = _Checkpoint(checkpoint, key)
+    meta, saved = store.load()
+    done = {k: v for k, v in saved.items() if not k.startswith(("search.", "partial."))}
+    first_batch = meta.get("batches_done", 0) if meta else 0
+    use_graph = cfg.cuda_graph and device.type == "cuda"
+    batches = list(range(0, n_images, images_per_batch))
+    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target)
+
+    bar = tqdm(total=len(batches) * cfg.steps * (2 if cfg.multi else 1), desc="ZOOM", unit="step", disable=not progress,
+               initial=first_batch * cfg.steps * (2 if cfg.multi else 1))
+    for b in range(first_batch, len(batches)):
+        start = batches[b]
+        z = z_all[start : start + images_per_batch].to(device)
+        n = z.shape[0]
+        with torch.no_grad():
+            s0 = generator.flatten_styles(generator.mapping_to_styles(z))  # (n, C)
+            x0 = generator.synthesize(generator.unflatten_styles(s0))
+            ref = adapter.reference(adapter.outputs(x0), generator=torch.Generator().manual_seed(cfg.seed + 1 + b))
+            orig_logits = clip_image_features(clip, x0) @ text.T if text is not None else None
+        ssim_ref = ops.SSIMReference(x0)
+        modes = [("single", repeat_reference(ref, n_attr), s0.repeat_interleave(n_attr, 0),
+                  ds.repeat(n, 1)[:, None, :], orig_logits.repeat_interleave(n_attr, 0) if orig_logits is not None else None)]
+        if cfg.multi:
+            modes.append(("multi", ref, s0, ds[None].expand(n, n_attr, ds.shape[1]), orig_logits))
+        outputs: Dict[str, Dict[str, torch.Tensor]] = {}
+        resume = meta if meta and meta.get("batch") == b else None
+        for mode, mode_ref, mode_s0, basis, logits in modes:
+            if resume and mode in resume.get("finished_modes", []):
+                outputs[mode] = {k: saved[f"partial.{mode}.{k}"].to(device) for k in _SEARCH_OUTPUTS}
+                continue
+            search = _Search(generator, adapter, mode_ref, ssim_ref, clip, text, cfg_loop, mode_s0, basis.contiguous(), logits)
+            step0 = 0
+            if resume and resume.get("mode") == mode:
+                search.w.copy_(saved["search.w"].to(device))
+                search.first_flip.copy_(saved["search.first_flip"].to(device))
+                step0 = int(resume["step"])
+                search.step_index.fill_(step0)
+            for chunk in range(step0, cfg.steps, cfg.checkpoint_every):
+                stop = min(cfg.steps, chunk + cfg.checkpoint_every)
+                search.run(chunk, stop, use_graph)
+                bar.update(stop - chunk)
+                if stop < cfg.steps:
+                    partial = {f"partial.{m}.{k}": v for m, out in outputs.items() for k, v in out.items()}
+                    store.save({"batches_done": b, "batch": b, "mode": mode, "step": stop, "finished_modes": list(outputs)},
+                               {**done, **partial, "search.w": search.w, "search.first_flip": search.first_flip})
+            x_hat, change, flipped, first = search.finish()
+            outputs[mode] = dict(zip(_SEARCH_OUTPUTS, (x_hat, change, flipped.to(torch.uint8), first, search.w.detach().clone())))
+        batch_tensors = {"originals": x0, "single.images": outputs["single"]["images"].reshape(n, n_attr, *x0.shape[1:]),
+                         "single.change": outputs["single"]["change"].reshape(n, n_attr),
+                         "single.flipped": outputs["single"]["flipped"].reshape(n, n_attr),
+                         "single.first_flip": outputs["single"]["first_flip"].reshape(n, n_attr),
+                         "single.w": outputs["single"]["w"].reshape(n, n_attr)}
+        if cfg.multi:
+            batch_tensors.update({"multi.images": outputs["multi"]["images"], "multi.change": outputs["multi"]["change"],
+                                  "multi.flipped": outputs["multi"]["flipped"],
+                                  "multi.first_flip": outputs["multi"]["first_flip"], "multi.w": outputs["multi"]["w"]})
+        for k, v in batch_tensors.items():
+            v = v.detach().cpu()
+            done[k] = torch.cat([done[k], v]) if k in done else v
+        store.save({"batches_done": b + 1}, done)
+    bar.close()
+
+    flip_metrics = {}
+    for k in cfg.flip_steps:
+        if k <= cfg.steps:
+            # Resisted k steps: not flipped at any of w_0 .. w_k.
+            flip_metrics[f"single_FR-{k}"] = float((done["single.first_flip"] > k).float().mean())
+            if cfg.multi:
+                flip_metrics[f"multi_FR-{k}"] = float((done["multi.first_flip"] > k).float().mean())
+    multi = None
+    if cfg.multi:
+        multi = {"counterfactuals": done["multi.images"], "codes": done["multi.w"], "flipped": done["multi.flipped"].bool(),
+                 "changes": done["multi.change"]}
+    return DiagnosisResult(
+        method="zoom", target=_target_name(target), task=adapter.task, attributes=attributes,
+        changes=done["single.change"], flipped=done["single.flipped"].bool(), originals=done["originals"],
+        counterfactuals=done["single.images"], codes=done["single.w"], multi=multi,
+        config={**asdict(cfg), "n_images": n_images, "consistency_prompts": prompts, "device": str(device),
+                "cuda_graph_used": use_graph},
+        metrics=flip_metrics,
+    )
