@@ -163,3 +163,18 @@ def test_attacks_reject_bad_input(gen):
         attacks.pgd(model, x, eps=-1.0)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         attacks.pgd(model, x, steps=0)
+
+
+def test_sia_diagnosis_reports_like_zoom(gen, tmp_path):
+    x, a = _batch(gen, n=5)
+    result = sia.diagnose(RedClassifier(), editor=ColourEditor(), images=x, attributes=a, steps=200, batch_size=3,
+                          progress=False)
+    assert result.method == "sia" and result.attributes == ColourEditor.attributes
+    assert result.ranking()[0] == "redness"
+    assert result.sensitivity["redness"] == pytest.approx(float((result.codes[:, 0]).abs().mean()))
+    single = result.metrics["single_attribute_change"]
+    assert single["redness"] > single["blueness"] == 0
+    assert result.counterfactuals.shape == (5, 3, 3, 8, 8) and result.multi["flipped"].all()
+    assert result.metrics["attack_success_rate"] == 1.0
+    paths = result.save(str(tmp_path))
+    assert "redness" in open(paths["csv"]).read().splitlines()[1]

@@ -26,9 +26,12 @@ from typing import Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from vmd_fast import ops
-from vmd_fast.diagnose.metrics import psnr
-from vmd_fast.diagnose.targets import TargetAdapter, adapter_for
+from vmd_fast.diagnose.metrics import psnr, sdar
+from vmd_fast.diagnose.result import DiagnosisResult
+from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_name
 
 MODES = ("full", "image", "attribute", "partial_image", "partial_attribute")
 
@@ -227,3 +230,105 @@ def attack(
         adversarial=adversarial, x_T=x_t, a_0=a0, a_T=a_t, success=success, attributes=names,
         psnr=psnr(adversarial, x0), ssim=quality_ssim, config=cfg,
     )
+
+
+def _world_images(n: int, names: Sequence[str], seed: int, device) -> tuple:
+    """``n`` rendered faces of the embedded world and their attributes in ``names`` order."""
+    from vmd_fast.domains import faces
+
+    params = faces.sample_params(n, generator=torch.Generator().manual_seed(seed))
+    images = faces.render(params).images
+    return images.to(device), faces.attribute_vector(params, names).to(device)
+
+
+def diagnose(
+    target,
+    n_images: int = 64,
+    editor: Optional[nn.Module] = None,
+    images: Optional[torch.Tensor] = None,
+    attributes: Optional[torch.Tensor] = None,
+    config: Optional[SIAConfig] = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    device=None,
+    progress: bool = True,
+    **overrides,
+) -> DiagnosisResult:
+    """SIA model diagnosis: Algorithm 1 over many images, reported like ZOOM.
+
+    ``changes`` are ``|a_T - a_0|`` (so ``.sensitivity`` is Eq. 2.2); the single-attribute
+    counterfactual of attribute i is ``G(x_0, a_0 with a_i := a_T,i)`` and ``flipped``
+    says whether it alone flips the target; ``multi`` holds the joint adversary
+    ``G(x_T, a_T)`` (its ``flipped`` is the attack's success).
+
+    Args:
+        target: the model or a :class:`~vmd_fast.diagnose.TargetAdapter`.
+        n_images: faces rendered from the embedded world (seeded by ``seed``) when
+            ``images`` is not given.
+        editor: default: the zoo's ``"editor"``.
+        images, attributes: your own (N, 3, H, W) images and (N, A) attributes in [0, 1].
+        config, overrides: :class:`SIAConfig` and field overrides.
+        batch_size: images attacked together.
+
+    Returns:
+        :class:`~vmd_fast.diagnose.DiagnosisResult` with ``method="sia"`` and metrics
+        ``attack_success_rate``, ``psnr``, ``ssim``, ``sdar``.
+    """
+    cfg = config or SIAConfig()
+    if overrides:
+        cfg = SIAConfig(**{**cfg.__dict__, **overrides})
+    if editor is None:
+        from vmd_fast import zoo
+
+        editor = zoo.load("editor", device=device or "cpu")
+    device = torch.device(device) if device is not None else next(iter(editor.parameters()), torch.empty(0)).device
+    names = list(getattr(editor, "attributes", []) or [])
+    if images is None:
+        if not names:
+            raise ValueError("the editor has no `attributes` names: pass images= and attributes=")
+        images, attributes = _world_images(n_images, names, seed, device)
+    if attributes is None:
+        raise ValueError("attributes (N, A) must be given with images")
+    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1])
+    gen = torch.Generator().manual_seed(seed)
+    parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("x0", "a0", "aT", "adv", "success", "joint_change", "single", "single_change", "single_flip", "psnr", "ssim")}
+    batches = range(0, images.shape[0], batch_size)
+    for start in tqdm(batches, desc="SIA", unit="batch", disable=not progress):
+        x = images[start : start + batch_size]
+        a = attributes[start : start + batch_size]
+        result = attack(adapter, x, a, editor=editor, config=cfg, generator=gen)
+        with torch.no_grad(), ops.value_checks(False):
+            # change() and flipped() compare with the clean prediction only (keypoint goals unused).
+            ref = adapter.reference(adapter.outputs(x), generator=torch.Generator().manual_seed(seed))
+            joint_change = adapter.change(adapter.outputs(result.adversarial), ref)
+            n, n_attr = a.shape
+            # One counterfactual per attribute: only a_i moved to its attacked value.
+            edited = a.repeat_interleave(n_attr, 0)
+            rows = torch.arange(n * n_attr, device=a.device)
+            edited[rows, rows % n_attr] = result.a_T.repeat_interleave(n_attr, 0)[rows, rows % n_attr]
+            singles = _edit(editor, x.repeat_interleave(n_attr, 0), edited).clamp(0, 1)
+            out = adapter.outputs(singles)
+            rep = repeat_reference(ref, n_attr)
+            single_change = adapter.change(out, rep).reshape(n, n_attr)
+            single_flip = adapter.flipped(out, rep).reshape(n, n_attr)
+        for key, value in (("x0", x), ("a0", result.a_0), ("aT", result.a_T), ("adv", result.adversarial),
+                           ("success", result.success), ("joint_change", joint_change),
+                           ("single", singles.reshape(n, n_attr, *x.shape[1:])), ("single_change", single_change),
+                           ("single_flip", single_flip), ("psnr", result.psnr), ("ssim", result.ssim)):
+            parts[key].append(value.detach().cpu())
+    cat = {k: torch.cat(v) for k, v in parts.items()}
+    codes = cat["aT"] - cat["a0"]
+    changes = codes.abs()
+    finite_psnr = cat["psnr"][torch.isfinite(cat["psnr"])]
+    return DiagnosisResult(
+        method="sia", target=target_name(adapter), task=adapter.task,
+        attributes=names or [f"attribute_{i}" for i in range(codes.shape[1])],
+        changes=changes, flipped=cat["single_flip"], originals=cat["x0"], counterfactuals=cat["single"], codes=codes,
+        multi={"counterfactuals": cat["adv"], "codes": codes, "flipped": cat["success"], "changes": cat["joint_change"]},
+        config={**cfg.__dict__, "protect": list(cfg.protect), "n_images": int(images.shape[0]), "seed": seed},
+        metrics={"attack_success_rate": float(cat["success"].float().mean()),
+                 "psnr": float(finite_psnr.mean()) if finite_psnr.numel() else float("inf"),
+                 "ssim": float(cat["ssim"].nanmean()), "sdar": sdar(changes.double().mean(0)),
+                 "single_attribute_change": {n: float(v) for n, v in zip(names, cat["single_change"].mean(0))}},
+    )
+

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from vmd_fast import ops
 from vmd_fast.diagnose.result import DiagnosisResult
-from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference
+from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_name
 
 log = logging.getLogger(__name__)
 
@@ -391,12 +391,6 @@ def _consistency_prompts(target, cfg: ZoomConfig) -> Optional[List[str]]:
     return [f"{cfg.prefix} with {phrase}", f"{cfg.prefix} without {phrase}"]
 
 
-def _target_name(target) -> str:
-    model = target.model if isinstance(target, TargetAdapter) else target
-    info = getattr(model, "zoo_info", None) or {}
-    return str(info.get("name") or type(model).__name__)
-
-
 _SEARCH_OUTPUTS = ("images", "change", "flipped", "first_flip", "w")
 
 
@@ -590,7 +584,7 @@ def diagnose(
         multi = {"counterfactuals": done["multi.images"], "codes": done["multi.w"], "flipped": done["multi.flipped"].bool(),
                  "changes": done["multi.change"]}
     return DiagnosisResult(
-        method="zoom", target=_target_name(target), task=adapter.task, attributes=attributes,
+        method="zoom", target=target_name(target), task=adapter.task, attributes=attributes,
         changes=done["single.change"], flipped=done["single.flipped"].bool(), originals=done["originals"],
         counterfactuals=done["single.images"], codes=done["single.w"], multi=multi,
         config={**asdict(cfg), "n_images": n_images, "consistency_prompts": prompts, "device": str(device),

@@ -23,6 +23,7 @@ from vmd_fast.diagnose.targets import (
     adapter_for,
     repeat_reference,
     soft_argmax,
+    target_name,
 )
 
 __all__ = [
@@ -43,4 +44,5 @@ __all__ = [
     "repeat_reference",
     "sdar",
     "soft_argmax",
+    "target_name",
 ]

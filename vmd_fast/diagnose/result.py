@@ -167,7 +167,8 @@ class DiagnosisResult:
             for name in _MULTI_FIELDS:
                 value = self.multi[name].contiguous()
                 tensors[f"multi.{name}"] = value.to(torch.uint8) if value.dtype == torch.bool else value
-        save_file({k: v.detach().cpu() for k, v in tensors.items()}, paths["tensors"])
+        # Copies: safetensors refuses tensors that share memory (e.g. SIA's codes in both modes).
+        save_file({k: v.detach().cpu().clone() for k, v in tensors.items()}, paths["tensors"])
         _plot_histogram(self, paths["histogram"])
         _save_grid(self.originals, self.counterfactuals, grid_images, paths["grid"])
         if self.multi is not None and self.originals.numel() > 0:

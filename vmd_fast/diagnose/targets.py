@@ -67,6 +67,13 @@ class TargetAdapter:
         raise NotImplementedError
 
 
+def target_name(target) -> str:
+    """A model's name for reports: the zoo's name when it came from the zoo, else its class."""
+    model = target.model if isinstance(target, TargetAdapter) else target
+    info = getattr(model, "zoo_info", None) or {}
+    return str(info.get("name") or type(model).__name__)
+
+
 def repeat_reference(ref: Reference, repeats: int) -> Reference:
     """Each row of ``ref`` repeated ``repeats`` times in place (row i -> rows i*r .. i*r+r-1).
 
