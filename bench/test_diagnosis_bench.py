@@ -1,0 +1,51 @@
+"""End-to-end diagnosis throughput: vmd_fast's batched SIA and ZOOM against the reference
+loops (bench/diagnosis_cases.py), in one run. Throughput is reported in extra_info as
+image-attribute pairs x steps per second (ZOOM) and images x steps per second (SIA), and
+the speed-up table at the end of `pytest bench` compares the implementations of a group.
+
+Sizes are small enough for 2 CPU cores; on a GPU the batched side runs larger batches
+(the reference loop's batch-1 cost per pair does not change with the batch).
+"""
+
+import pytest
+import torch
+
+import diagnosis_cases as cases
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ATTRIBUTES = 4
+STEPS = 5
+
+
+def _timed(benchmark, device, group, impl, work, run):
+    run()  # warm-up (and CUDA-graph capture) outside the timing
+    benchmark.group = f"{device} {group}"
+    benchmark.extra_info.update(device=device, impl=impl, group=group, bytes_moved=0, work=work)
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.extra_info["per_second"] = work / benchmark.stats.stats.median
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["vmd_fast", "reference loop"])
+def test_zoom_throughput(benchmark, device, impl):
+    world = cases.zoom_world(device, ATTRIBUTES)
+    if impl == "vmd_fast":
+        n = 64 if device == "cuda" else 16
+        run = cases.zoom_batched(world, n, STEPS, device)
+    else:
+        n = 2
+        run = cases.zoom_reference(world, n, STEPS, device)
+    _timed(benchmark, device, f"zoom {ATTRIBUTES} attributes x {STEPS} steps, per image-attribute step", impl,
+           n * ATTRIBUTES * STEPS, run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["vmd_fast", "plain PyTorch loop"])
+def test_sia_throughput(benchmark, device, impl):
+    editor, target = cases.sia_world(device)
+    n = 256 if device == "cuda" else 64
+    build = cases.sia_fused if impl == "vmd_fast" else cases.sia_plain
+    _timed(benchmark, device, f"sia batch {n} x {STEPS} steps, per image step", impl, n * STEPS,
+           build(editor, target, n, STEPS, device))
