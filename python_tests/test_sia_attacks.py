@@ -178,3 +178,14 @@ def test_sia_diagnosis_reports_like_zoom(gen, tmp_path):
     assert result.metrics["attack_success_rate"] == 1.0
     paths = result.save(str(tmp_path))
     assert "redness" in open(paths["csv"]).read().splitlines()[1]
+
+
+def test_spt_changes_only_attributes_and_finds_the_red_one(gen):
+    x, a = _batch(gen)
+    result = sia.spt_attack(RedClassifier(), x, a, editor=ColourEditor(), steps=60, lr=0.02)
+    assert torch.equal(result.x_T, x)
+    assert result.success.all()
+    assert result.sensitivity["redness"] > result.sensitivity["blueness"]
+    assert ((result.a_T >= 0) & (result.a_T <= 1)).all()
+    limited = sia.spt_attack(RedClassifier(), x, a, editor=ColourEditor(), steps=60, lr=0.02, eps_a=0.01)
+    assert (limited.a_T - a).abs().max() <= 0.01 + 1e-6
