@@ -1,0 +1,81 @@
+"""Counterfactual and adversarial training on the small colour world of test_zoom."""
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from vmd_fast import train, zoom
+
+from test_sia_attacks import ColourEditor
+from test_zoom import COLOURS, ColourCLIP, ColourGenerator, colour_tokenizer
+
+
+class SmallClassifier(nn.Module):
+    task = "binary"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.LazyLinear(1))
+        self.net(torch.zeros(1, 3, 16, 16))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.fixture(scope="module")
+def colour_world():
+    G, clip = ColourGenerator(), ColourCLIP()
+    clip.words[1:4] = torch.eye(3, 8) * 3.0
+    relevance = zoom.relevance_matrix(G, clip, zoom.RelevanceConfig(n_images=4, stats_images=200), progress=False)
+    z = torch.randn(48, G.z_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        x = G.synthesize(G.mapping_to_styles(z))
+    y = (x[:, 0].mean(dim=(1, 2)) > x[:, 1:].mean(dim=(1, 2, 3))).float()
+    return G, clip, relevance, TensorDataset(x, y)
+
+
+def _cf(colour_world, **kw):
+    G, clip, relevance, data = colour_world
+    args = dict(generator=G, clip=clip, relevance=relevance, tokenizer=colour_tokenizer, epochs=2, batch_size=16,
+                n_generated=8, zoom_steps=3, progress=False, eval_data=data)
+    args.update(kw)
+    return train.counterfactual(SmallClassifier(), data, list(COLOURS), **args)
+
+
+def test_counterfactual_training_records_its_history(colour_world):
+    model, history = _cf(colour_world)
+    assert len(history.epochs) == 2
+    assert set(history.last()) == {"loss_real", "loss_generated", "accuracy"}
+    assert history.epochs[1]["loss_real"] < history.epochs[0]["loss_real"] * 1.5
+    assert not model.training
+
+
+def test_counterfactual_training_resumes_to_the_same_weights(colour_world, tmp_path):
+    straight, _ = _cf(colour_world)
+    _cf(colour_world, epochs=1, checkpoint=str(tmp_path))
+    with pytest.raises(ValueError, match="other settings"):
+        _cf(colour_world, epochs=2, checkpoint=str(tmp_path), lr=0.5)
+    resumed, history = _cf(colour_world, epochs=2, checkpoint=str(tmp_path))
+    assert len(history.epochs) == 2
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "sia", "spt"])
+def test_adversarial_training_runs_each_attack(colour_world, attack):
+    _, _, _, data = colour_world
+    x, y = data.tensors
+    items = TensorDataset(x, y, torch.full((len(y), 3), 0.5)) if attack != "pgd" else data
+    model, history = train.adversarial(SmallClassifier(), items, attack=attack, editor=ColourEditor(), epochs=1,
+                                       batch_size=16, attack_steps=2, progress=False, eval_data=data)
+    assert history.last()["loss_generated"] > 0 and 0 <= history.last()["accuracy"] <= 1
+
+
+def test_adversarial_training_rejects_bad_settings(colour_world):
+    _, _, _, data = colour_world
+    with pytest.raises(ValueError, match="attack must be one of"):
+        train.adversarial(SmallClassifier(), data, attack="cw")
+    with pytest.raises(ValueError, match="needs \\(image, label, attributes\\)"):
+        train.adversarial(SmallClassifier(), data, attack="sia", editor=ColourEditor(), epochs=1, progress=False)

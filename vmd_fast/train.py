@@ -1,0 +1,312 @@
+"""Fixing what a diagnosis found: counterfactual training (thesis 3.3.5) and adversarial
+fine-tuning with SIA, PGD or SPT examples (thesis 2.4.5).
+
+Both keep the usual supervised loss on real data and add a loss on examples generated on
+the fly, against the model being trained, with the fused ops:
+
+* :func:`counterfactual`: ``theta* = argmin CE(f(x_hat), f_0(x))`` where ``x_hat`` is a ZOOM
+  multi-attribute counterfactual of a generated image ``x`` and ``f_0`` the model before
+  training (its prediction is the label the counterfactual must not change);
+* :func:`adversarial`: CE of the true label on adversarial examples of the real batch.
+
+Training checkpoints after every epoch (model, optimiser, history) and resumes from it;
+a :class:`History` of per-epoch metrics comes back with the model. Checkpoints are
+safetensors and JSON, plus the optimiser state read with ``torch.load(weights_only=True)``
+(a restricted unpickler: nothing in the file is executed).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vmd_fast import attacks, ops, sia, zoom
+from vmd_fast.diagnose.targets import adapter_for
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by both trainers.
+
+    Args:
+        epochs, batch_size, lr, weight_decay: the optimisation (Adam).
+        generated_weight: weight of the loss on generated examples against the real loss.
+        seed: seeds the data order and the generated examples.
+        zoom_steps, zoom_lr, zoom_eps, n_generated: counterfactual search per batch
+            (``n_generated`` images, multi-attribute, thesis eta = 0.2, eps = 30).
+        attack_steps: steps of the SIA / PGD / SPT attack per batch.
+    """
+
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    generated_weight: float = 1.0
+    seed: int = 0
+    zoom_steps: int = 10
+    zoom_lr: float = 0.2
+    zoom_eps: float = 30.0
+    n_generated: int = 32
+    attack_steps: int = 20
+
+
+@dataclass
+class History:
+    """Per-epoch metrics (``epochs[i]`` is a dict of floats) of a training run."""
+
+    epochs: List[Dict[str, float]] = field(default_factory=list)
+
+    def last(self) -> Dict[str, float]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _unpack(batch):
+    if isinstance(batch, dict):
+        return batch["image"], batch["label"], batch.get("attributes")
+    if len(batch) == 3:
+        return batch
+    return batch[0], batch[1], None
+
+
+def supervised_loss(model: nn.Module, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean CE for the model's task: BCE for one logit (labels 0/1 or probabilities), CE for
+    (N, K) logits (class indices or (N, K) probabilities)."""
+    task = getattr(model, "task", None) or ("binary" if outputs.shape[-1] == 1 else "multiclass")
+    if task == "binary":
+        return F.binary_cross_entropy_with_logits(outputs.reshape(-1).float(), labels.reshape(-1).float())
+    if task in ("multiclass",):
+        if labels.dim() == 2:
+            return -(labels * outputs.float().log_softmax(dim=1)).sum(dim=1).mean()
+        return F.cross_entropy(outputs.float(), labels.long())
+    if task == "attributes":
+        return F.binary_cross_entropy_with_logits(outputs.float(), labels.float())
+    raise ValueError(f"training supports binary, multiclass and attributes targets, got task {task!r}")
+
+
+def soft_labels(model: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
+    """The prediction as a training target: probabilities (sigmoid or softmax)."""
+    task = getattr(model, "task", None) or ("binary" if outputs.shape[-1] == 1 else "multiclass")
+    return torch.sigmoid(outputs.float()) if task in ("binary", "attributes") else outputs.float().softmax(dim=1)
+
+
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256, device=None) -> float:
+    """Top-1 accuracy (thresholded at 0.5 for one logit) of ``model`` on ``data``."""
+    device = device or next(model.parameters()).device
+    correct = total = 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for batch in DataLoader(data, batch_size=batch_size):
+            x, y, _ = _unpack(batch)
+            out = model(x.to(device))
+            pred = (out.reshape(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(dim=1)
+            correct += int((pred.cpu() == y.reshape(-1).long()).sum())
+            total += y.shape[0]
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+class _Checkpointer:
+    def __init__(self, directory: Optional[str]):
+        self.directory = directory
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+
+    def load(self, model: nn.Module, optimiser: torch.optim.Optimizer, config: dict):
+        from safetensors.torch import load_file
+
+        if not self.directory or not os.path.exists(os.path.join(self.directory, "train-state.json")):
+            return 0, History()
+        with open(os.path.join(self.directory, "train-state.json"), encoding="utf-8") as f:
+            state = json.load(f)
+        # The number of epochs may grow (train longer); everything else must match.
+        if {k: v for k, v in state["config"].items() if k != "epochs"} != {k: v for k, v in config.items() if k != "epochs"}:
+            raise ValueError(f"the checkpoint in {self.directory!r} was made with other settings; use another directory")
+        model.load_state_dict(load_file(os.path.join(self.directory, "model.safetensors")))
+        optimiser.load_state_dict(torch.load(os.path.join(self.directory, "optimiser.pt"), weights_only=True))
+        return state["epoch"], History(state["history"])
+
+    def save(self, model, optimiser, config: dict, epoch: int, history: History) -> None:
+        from safetensors.torch import save_file
+
+        if not self.directory:
+            return
+        path = lambda name: os.path.join(self.directory, name)  # noqa: E731
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path("model.safetensors.tmp"))
+        torch.save(optimiser.state_dict(), path("optimiser.pt.tmp"))
+        with open(path("train-state.json.tmp"), "w", encoding="utf-8") as f:
+            json.dump({"epoch": epoch, "history": history.epochs, "config": config}, f)
+        for name in ("model.safetensors", "optimiser.pt", "train-state.json"):
+            os.replace(path(name + ".tmp"), path(name))
+
+
+def _fit(model, train_data, config: TrainConfig, make_generated, eval_fn, checkpoint, device, progress, desc, run_config):
+    model.to(device).train()
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    store = _Checkpointer(checkpoint)
+    start_epoch, history = store.load(model, optimiser, run_config)
+    for epoch in range(start_epoch, config.epochs):
+        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=False,
+                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        totals = {"loss_real": 0.0, "loss_generated": 0.0}
+        batches = 0
+        for step, batch in enumerate(tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not progress)):
+            x, y, a = _unpack(batch)
+            x, y = x.to(device), y.to(device)
+            generated = make_generated(model, x, y, None if a is None else a.to(device), epoch * 100003 + step)
+            model.train()
+            loss_real = supervised_loss(model, model(x), y)
+            loss = loss_real
+            if generated is not None:
+                gx, gy = generated
+                loss_generated = supervised_loss(model, model(gx), gy)
+                loss = loss + config.generated_weight * loss_generated
+                totals["loss_generated"] += float(loss_generated.detach())
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            totals["loss_real"] += float(loss_real.detach())
+            batches += 1
+        metrics = {k: v / max(batches, 1) for k, v in totals.items()}
+        metrics.update(eval_fn(model))
+        history.epochs.append(metrics)
+        store.save(model, optimiser, run_config, epoch + 1, history)
+    model.eval()
+    return model, history
+
+
+def counterfactual(
+    model: nn.Module,
+    train_data: Dataset,
+    attributes: Sequence[str],
+    generator: Optional[nn.Module] = None,
+    clip: Optional[nn.Module] = None,
+    config: Optional[TrainConfig] = None,
+    eval_data: Optional[Dataset] = None,
+    relevance: Optional[Dict[str, torch.Tensor]] = None,
+    checkpoint: Optional[str] = None,
+    device=None,
+    progress: bool = True,
+    tokenizer=None,
+    **overrides,
+):
+    """Counterfactual training (thesis 3.3.5) of a binary or multi-class classifier.
+
+    Each batch of real data is paired with ``n_generated`` generator images whose ZOOM
+    multi-attribute counterfactuals (along ``attributes``, against the model as it is now)
+    are labelled with the *original* model's prediction of the unedited image.
+
+    Returns:
+        ``(model, History)``; the history holds the real and counterfactual losses and,
+        with ``eval_data``, the accuracy per epoch.
+    """
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if generator is None or clip is None:
+        from vmd_fast import zoo
+
+        generator = generator if generator is not None else zoo.load("generator", device=device)
+        clip = clip if clip is not None else zoo.load("clip", device=device)
+    if relevance is None:
+        relevance = zoom.relevance_matrix(generator, clip, progress=progress)
+    ds = zoom.global_directions(relevance, zoom.text_directions(clip, list(attributes), tokenizer=tokenizer))
+    frozen = copy.deepcopy(model).to(device).eval().requires_grad_(False)
+    zcfg = zoom.ZoomConfig(steps=cfg.zoom_steps, lr=cfg.zoom_lr, eps=cfg.zoom_eps, gamma=0.0)
+
+    def make_generated(current, x, y, a, seed):
+        current.eval()
+        current.requires_grad_(False)  # the search differentiates w.r.t. w only
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + seed)
+        z = torch.randn(cfg.n_generated, generator.z_dim, generator=g).to(device)
+        with torch.no_grad():
+            s0 = generator.flatten_styles(generator.mapping_to_styles(z))
+            x0 = generator.synthesize(generator.unflatten_styles(s0))
+            label = soft_labels(frozen, frozen(x0))
+        adapter = adapter_for(current, example=x0)
+        with torch.no_grad():
+            ref = adapter.reference(adapter.outputs(x0))
+        search = zoom._Search(generator, adapter, ref, ops.SSIMReference(x0), clip, None, zcfg, s0,
+                              ds[None].expand(len(z), *ds.shape).contiguous(), None)
+        search.run(0, cfg.zoom_steps, use_graph=False)
+        with torch.no_grad():
+            counterfactuals = search.images(search.w)
+        current.requires_grad_(True)
+        return counterfactuals, (label.reshape(-1) if label.shape[-1] == 1 else label)
+
+    def evaluate(current):
+        return {"accuracy": accuracy(current, eval_data, device=device)} if eval_data is not None else {}
+
+    run_config = {"method": "counterfactual", "attributes": list(attributes), **asdict(cfg)}
+    return _fit(model, train_data, cfg, make_generated, evaluate, checkpoint, device, progress,
+                "counterfactual training", run_config)
+
+
+ATTACKS = ("sia", "pgd", "spt")
+
+
+def adversarial(
+    model: nn.Module,
+    train_data: Dataset,
+    attack: str = "sia",
+    editor: Optional[nn.Module] = None,
+    config: Optional[TrainConfig] = None,
+    eval_data: Optional[Dataset] = None,
+    checkpoint: Optional[str] = None,
+    device=None,
+    progress: bool = True,
+    eps_x: float = 1.5 / 255,
+    step: float = 0.25 / 255,
+    **overrides,
+):
+    """Adversarial fine-tuning with SIA, PGD or SPT examples of each real batch (thesis 2.4.5).
+
+    ``train_data`` yields ``(image, label)`` (PGD) or ``(image, label, attributes)``
+    (SIA and SPT need the editor's attributes of each image).
+
+    Returns:
+        ``(model, History)``.
+    """
+    if attack not in ATTACKS:
+        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    cfg = config or TrainConfig()
+    if overrides:
+        cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if attack != "pgd" and editor is None:
+        from vmd_fast import zoo
+
+        editor = zoo.load("editor", device=device)
+
+    def make_generated(current, x, y, a, seed):
+        current.eval()
+        current.requires_grad_(False)
+        if attack == "pgd":
+            adv = attacks.pgd(current, x, y, eps=eps_x, alpha=step, steps=cfg.attack_steps,
+                              generator=torch.Generator().manual_seed(cfg.seed + seed))
+        else:
+            if a is None:
+                raise ValueError(f"attack={attack!r} needs (image, label, attributes) items in train_data")
+            if attack == "sia":
+                adv = sia.attack(current, x, a, editor=editor, steps=cfg.attack_steps, eps_x=eps_x, step=step).adversarial
+            else:
+                adv = sia.spt_attack(current, x, a, editor=editor, steps=cfg.attack_steps).adversarial
+        current.requires_grad_(True)
+        return adv.detach(), y
+
+    def evaluate(current):
+        return {"accuracy": accuracy(current, eval_data, device=device)} if eval_data is not None else {}
+
+    run_config = {"method": "adversarial", "attack": attack, "eps_x": eps_x, "step": step, **asdict(cfg)}
+    return _fit(model, train_data, cfg, make_generated, evaluate, checkpoint, device, progress,
+                f"{attack}-adversarial training", run_config)
