@@ -204,19 +204,46 @@ def relevance_matrix(
 # 2. Edit directions
 
 
+DEFAULT_ATTRIBUTES = (
+    "eyeglasses", "a smile", "an open mouth", "a beard", "a moustache", "bangs", "lipstick",
+    "a hat", "earrings", "heavy makeup", "grey hair",
+)
+"""Attribute prompts of the embedded world's faces (the ZOOM default of the command line)."""
+
+_VERBATIM = ("with ", "without ", "wearing ", "who ", "in ", "on ", "that ", "not ")
+
+
+def attribute_prompt(attribute: str, prefix: str = "a photo of a face", template: Optional[str] = None) -> str:
+    """The prompt ``p + a`` of Eq. 3.1 for one attribute.
+
+    With no ``template``, a bare attribute reads "<prefix> with <attribute>" and a phrase
+    that already starts with a preposition or verb ("wearing a hat") follows the prefix as is.
+
+    Example:
+        >>> attribute_prompt("eyeglasses"), attribute_prompt("wearing a hat", prefix="a face")
+        ('a photo of a face with eyeglasses', 'a face wearing a hat')
+    """
+    if template is not None:
+        return template.format(prefix=prefix, attribute=attribute)
+    if attribute.lower().startswith(_VERBATIM):
+        return f"{prefix} {attribute}"
+    return f"{prefix} with {attribute}"
+
+
 def text_directions(
     clip: nn.Module,
     attributes: Sequence[str],
     prefix: str = "a photo of a face",
-    template: str = "{prefix} with {attribute}",
+    template: Optional[str] = None,
     tokenizer: Optional[Callable] = None,
 ) -> torch.Tensor:
     """``dt_i = CLIP_text(p + a_i) - CLIP_text(p)``, normalised (thesis Eq. 3.1); (A, D).
 
-    Example (with the thesis's prompt): ``text_directions(clip, ["eyeglasses"],
-    prefix="a face")`` uses "a face with eyeglasses" minus "a face".
+    Prompts are written by :func:`attribute_prompt`; e.g. with the thesis's prefix,
+    ``text_directions(clip, ["eyeglasses"], prefix="a face")`` uses "a face with
+    eyeglasses" minus "a face".
     """
-    prompts = [template.format(prefix=prefix, attribute=a) for a in attributes]
+    prompts = [attribute_prompt(a, prefix, template) for a in attributes]
     feats = clip_text_features(clip, [prefix] + prompts, tokenizer)
     return nn.functional.normalize(feats[1:] - feats[:1], dim=-1)
 
@@ -262,7 +289,7 @@ class ZoomConfig:
         lr: eta of ``w <- clamp(w - eta grad, -eps, eps)``.
         eps: bound of every edit strength w_i.
         threshold: lambda of Eq. 3.2.
-        prefix, template: how attribute prompts are written (Eq. 3.1).
+        prefix, template: how attribute prompts are written (Eq. 3.1, :func:`attribute_prompt`).
         consistency_prompts: CLIP prompts of the target's own attribute for L_attr (e.g.
             ("a face that is smiling", "a face that is not smiling")); default: built from
             the target's ``label`` / ``zoo_info["label"]`` when it has one, else L_attr is off.
@@ -283,7 +310,7 @@ class ZoomConfig:
     eps: float = 30.0
     threshold: float = 0.05
     prefix: str = "a photo of a face"
-    template: str = "{prefix} with {attribute}"
+    template: Optional[str] = None
     consistency_prompts: Optional[Sequence[str]] = None
     consistency_temperature: float = 0.07
     rows_per_batch: int = 256
@@ -387,8 +414,14 @@ def _consistency_prompts(target, cfg: ZoomConfig) -> Optional[List[str]]:
     label = getattr(model, "label", None) or (getattr(model, "zoo_info", None) or {}).get("label")
     if not isinstance(label, str):
         return None
-    phrase = label.replace("_", " ")
-    return [f"{cfg.prefix} with {phrase}", f"{cfg.prefix} without {phrase}"]
+    try:  # the embedded world's own wording of its attributes, when the label is one of them
+        from vmd_fast.zoo.recipes.clip import HELD_OUT_PHRASES
+
+        present, absent = HELD_OUT_PHRASES[label]
+        return [f"{cfg.prefix} {present}", f"{cfg.prefix} {absent}"]
+    except (ImportError, KeyError):
+        phrase = label.replace("_", " ")
+        return [attribute_prompt(phrase, cfg.prefix), f"{cfg.prefix} without {phrase}"]
 
 
 _SEARCH_OUTPUTS = ("images", "change", "flipped", "first_flip", "w")
