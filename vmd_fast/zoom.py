@@ -204,10 +204,14 @@ def relevance_matrix(
 # 2. Edit directions
 
 
-DEFAULT_ATTRIBUTES = (
-    "eyeglasses", "a smile", "an open mouth", "a beard", "a moustache", "bangs", "lipstick",
-    "a hat", "earrings", "heavy makeup", "grey hair",
-)
+WORLD_PROMPTS = {
+    "eyeglasses": "eyeglasses", "smiling": "a smile", "mouth_open": "an open mouth", "beard": "a beard",
+    "moustache": "a moustache", "bangs": "bangs", "lipstick": "lipstick", "hat": "a hat",
+    "earrings": "earrings", "heavy_makeup": "heavy makeup", "grey_hair": "grey hair",
+}
+"""The embedded world's binary attributes and the prompts ZOOM diagnoses them with."""
+
+DEFAULT_ATTRIBUTES = tuple(WORLD_PROMPTS.values())
 """Attribute prompts of the embedded world's faces (the ZOOM default of the command line)."""
 
 _VERBATIM = ("with ", "without ", "wearing ", "who ", "in ", "on ", "that ", "not ")
