@@ -415,7 +415,11 @@ def _consistency_prompts(target, cfg: ZoomConfig) -> Optional[List[str]]:
     if cfg.consistency_prompts is not None:
         return list(cfg.consistency_prompts)
     model = target.model if isinstance(target, TargetAdapter) else target
-    label = getattr(model, "label", None) or (getattr(model, "zoo_info", None) or {}).get("label")
+    info = getattr(model, "zoo_info", None) or {}
+    labels = getattr(model, "labels", None) or info.get("labels") or (info.get("config") or {}).get("labels")
+    label = getattr(model, "label", None) or info.get("label")
+    if label is None and getattr(model, "task", None) == "binary" and labels and len(labels) == 1:
+        label = labels[0]
     if not isinstance(label, str):
         return None
     try:  # the embedded world's own wording of its attributes, when the label is one of them
