@@ -1,5 +1,7 @@
 """ZOOM on a small world whose answers are known: a colour generator, a colour CLIP, a red classifier."""
 
+import zlib
+
 import pytest
 import torch
 from torch import nn
@@ -61,7 +63,7 @@ def colour_tokenizer(prompts):
     ids = []
     for prompt in prompts:
         words = prompt.split()
-        row = [COLOURS.index(w) + 1 if w in COLOURS else 4 + hash(w) % 60 for w in words]
+        row = [COLOURS.index(w) + 1 if w in COLOURS else 4 + zlib.crc32(w.encode()) % 60 for w in words]
         ids.append(row + [0] * (12 - len(row)))
     return torch.tensor(ids)
 
