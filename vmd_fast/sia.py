@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from vmd_fast import ops
 from vmd_fast.diagnose.metrics import psnr, sdar
 from vmd_fast.diagnose.result import DiagnosisResult
-from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_name
+from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
 
 MODES = ("full", "image", "attribute", "partial_image", "partial_attribute")
 
@@ -289,6 +289,10 @@ def diagnose(
         images, attributes = _world_images(n_images, names, seed, device)
     if attributes is None:
         raise ValueError("attributes (N, A) must be given with images")
+    label = target_label(target)
+    if not cfg.protect and label in names:
+        # The attribute the target classifies is its ground truth: hold it (thesis 2.4.2).
+        cfg = SIAConfig(**{**cfg.__dict__, "protect": (label,)})
     adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1])
     gen = torch.Generator().manual_seed(seed)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("x0", "a0", "aT", "adv", "success", "joint_change", "single", "single_change", "single_flip", "psnr", "ssim")}

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from vmd_fast import ops
 from vmd_fast.diagnose.result import DiagnosisResult
-from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_name
+from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
 
 log = logging.getLogger(__name__)
 
@@ -414,13 +414,8 @@ class _Search:
 def _consistency_prompts(target, cfg: ZoomConfig) -> Optional[List[str]]:
     if cfg.consistency_prompts is not None:
         return list(cfg.consistency_prompts)
-    model = target.model if isinstance(target, TargetAdapter) else target
-    info = getattr(model, "zoo_info", None) or {}
-    labels = getattr(model, "labels", None) or info.get("labels") or (info.get("config") or {}).get("labels")
-    label = getattr(model, "label", None) or info.get("label")
-    if label is None and getattr(model, "task", None) == "binary" and labels and len(labels) == 1:
-        label = labels[0]
-    if not isinstance(label, str):
+    label = target_label(target)
+    if label is None:
         return None
     try:  # the embedded world's own wording of its attributes, when the label is one of them
         from vmd_fast.zoo.recipes.clip import HELD_OUT_PHRASES

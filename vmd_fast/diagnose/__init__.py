@@ -23,6 +23,7 @@ from vmd_fast.diagnose.targets import (
     adapter_for,
     repeat_reference,
     soft_argmax,
+    target_label,
     target_name,
 )
 
@@ -44,5 +45,6 @@ __all__ = [
     "repeat_reference",
     "sdar",
     "soft_argmax",
+    "target_label",
     "target_name",
 ]

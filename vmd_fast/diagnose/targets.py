@@ -74,6 +74,18 @@ def target_name(target) -> str:
     return str(info.get("name") or type(model).__name__)
 
 
+def target_label(target) -> Optional[str]:
+    """The attribute a binary target classifies ("smiling"), when the model says it:
+    ``model.label``, or its single ``labels`` entry (the zoo's models carry them)."""
+    model = target.model if isinstance(target, TargetAdapter) else target
+    info = getattr(model, "zoo_info", None) or {}
+    label = getattr(model, "label", None) or info.get("label")
+    labels = getattr(model, "labels", None) or info.get("labels") or (info.get("config") or {}).get("labels")
+    if label is None and getattr(model, "task", info.get("task")) == "binary" and labels and len(labels) == 1:
+        label = labels[0]
+    return label if isinstance(label, str) else None
+
+
 def repeat_reference(ref: Reference, repeats: int) -> Reference:
     """Each row of ``ref`` repeated ``repeats`` times in place (row i -> rows i*r .. i*r+r-1).
 
