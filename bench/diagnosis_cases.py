@@ -27,10 +27,9 @@ def zoo_model(name: str, device) -> torch.nn.Module:
     from vmd_fast import zoo
     from vmd_fast.zoo.registry import get_recipe
 
-    try:
+    if name in {info["name"] for info in zoo.list()}:
         return zoo.load(name, device=device)
-    except FileNotFoundError:
-        recipe = get_recipe(name)
+    recipe = get_recipe(name)
         return recipe.build(recipe.config).to(device).eval().requires_grad_(False)
 
 

@@ -147,12 +147,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple:
+    """Exceptions that describe a mistake in the inputs (shown as one line)."""
+    errors = (UsageError, FileNotFoundError, ValueError)
+    try:
+        from vmd_fast.zoo import AssetError
+
+        errors += (AssetError,)
+    except ImportError:
+        pass
+    return errors
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING, format="%(name)s: %(message)s")
     try:
         return args.func(args)
-    except (UsageError, FileNotFoundError, ValueError) as err:
+    except _user_errors() as err:
         if args.debug:
             raise
         print(f"vmd-fast: error: {err}", file=sys.stderr)
