@@ -30,7 +30,7 @@ def zoo_model(name: str, device) -> torch.nn.Module:
     if name in {info["name"] for info in zoo.list()}:
         return zoo.load(name, device=device)
     recipe = get_recipe(name)
-        return recipe.build(recipe.config).to(device).eval().requires_grad_(False)
+    return recipe.build(recipe.config).to(device).eval().requires_grad_(False)
 
 
 @dataclass
