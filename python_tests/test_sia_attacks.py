@@ -189,3 +189,16 @@ def test_spt_changes_only_attributes_and_finds_the_red_one(gen):
     assert ((result.a_T >= 0) & (result.a_T <= 1)).all()
     limited = sia.spt_attack(RedClassifier(), x, a, editor=ColourEditor(), steps=60, lr=0.02, eps_a=0.01)
     assert (limited.a_T - a).abs().max() <= 0.01 + 1e-6
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mode", ["full", "partial_image"])
+def test_sia_cuda_graph_replay_equals_eager(gen, mode):
+    x, a = (t.cuda() for t in _batch(gen))
+    editor, target = ColourEditor().cuda(), RedClassifier().cuda()
+    graphed = sia.attack(target, x, a, editor=editor, steps=40, mode=mode, partial_steps=10, protect=["blueness"])
+    eager = sia.attack(target, x, a, editor=editor, steps=40, mode=mode, partial_steps=10, protect=["blueness"],
+                       cuda_graph=False)
+    torch.testing.assert_close(graphed.x_T, eager.x_T)
+    torch.testing.assert_close(graphed.a_T, eager.a_T)
+    assert torch.equal(graphed.success, eager.success)

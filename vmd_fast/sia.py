@@ -52,6 +52,7 @@ class SIAConfig:
             a smile classifier), held within ``eps_protect`` of their start so the attack
             cannot simply change the true label.
         eps_protect: their radius (a small constant, thesis 2.4.2).
+        cuda_graph: on CUDA, capture one step in a CUDA graph and replay it.
     """
 
     eps_x: float = 1.5 / 255
@@ -62,6 +63,7 @@ class SIAConfig:
     partial_steps: int = 20
     protect: Sequence[str] = ()
     eps_protect: float = 0.05
+    cuda_graph: bool = True
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -156,6 +158,70 @@ def _check_inputs(x: torch.Tensor, a: Optional[torch.Tensor]) -> None:
             raise ValueError(f"{name} must lie in [0, 1]")
 
 
+class _SIALoop:
+    """The T steps of Eq. 2.1 on static buffers ``x``, ``a`` (updated in place).
+
+    One step (editor, target, objective, gradients, fused projected sign steps) is a
+    function of the buffers only, so on CUDA it is captured once per combination of the
+    spaces it updates and replayed, with no host synchronisation in the loop.
+    """
+
+    def __init__(self, adapter, editor, ref, x0, a0, cfg: SIAConfig, protect: torch.Tensor):
+        self.adapter, self.editor, self.ref, self.x0, self.a0, self.cfg, self.protect = adapter, editor, ref, x0, a0, cfg, protect
+        self.x, self.a = x0.clone(), a0.clone()
+        self.graphs: Dict[tuple, torch.cuda.CUDAGraph] = {}
+
+    def updates(self, step: int) -> tuple:
+        mode, partial = self.cfg.mode, step < self.cfg.partial_steps
+        update_x = mode in ("full", "image", "partial_attribute") or (mode == "partial_image" and partial)
+        update_a = mode in ("full", "attribute", "partial_image") or (mode == "partial_attribute" and partial)
+        return update_x, update_a
+
+    def step(self, update_x: bool, update_a: bool) -> None:
+        cfg = self.cfg
+        x_var = self.x.detach().requires_grad_(update_x)
+        a_var = self.a.detach().requires_grad_(update_a)
+        loss = self.adapter.objective(self.adapter.outputs(_edit(self.editor, x_var, a_var)), self.ref).sum()
+        wrt = [v for v, on in ((x_var, update_x), (a_var, update_a)) if on]
+        grads = list(torch.autograd.grad(loss, wrt))
+        # Descend the objective: the fused step moves along +sign(grad).
+        if update_x:
+            ops.projected_sign_step(self.x, grads.pop(0).neg_(), self.x0, cfg.step, cfg.eps_x, 0.0, 1.0, out=self.x)
+        if update_a:
+            ops.projected_sign_step(self.a, grads.pop(0).neg_(), self.a0, cfg.step, cfg.eps_a, 0.0, 1.0, out=self.a)
+            if self.protect.numel():
+                kept = self.a0[:, self.protect]
+                self.a[:, self.protect] = self.a[:, self.protect].clamp(kept - cfg.eps_protect, kept + cfg.eps_protect)
+
+    def _graph(self, updates: tuple) -> "torch.cuda.CUDAGraph":
+        if updates not in self.graphs:
+            saved = (self.x.clone(), self.a.clone())
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up outside the graph
+                    self.step(*updates)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.step(*updates)
+            self.x.copy_(saved[0])
+            self.a.copy_(saved[1])
+            self.graphs[updates] = graph
+        return self.graphs[updates]
+
+    def run(self, use_graph: bool) -> None:
+        with ops.value_checks(False):  # inputs were checked; no host syncs inside the loop
+            for step in range(self.cfg.steps):
+                updates = self.updates(step)
+                if not any(updates):
+                    continue
+                if use_graph:
+                    self._graph(updates).replay()
+                else:
+                    self.step(*updates)
+
+
 def attack(
     target,
     x: torch.Tensor,
@@ -198,30 +264,9 @@ def attack(
     with torch.no_grad():
         ref = adapter.reference(adapter.outputs(x0), generator=generator)
     protect = torch.tensor([names.index(p) for p in cfg.protect], dtype=torch.long, device=x.device)
-    x_t, a_t = x0.clone(), a0.clone()
-    with ops.value_checks(False):  # checked above; no host syncs inside the loop
-        for step in range(cfg.steps):
-            update_x = cfg.mode in ("full", "image", "partial_attribute") or (
-                cfg.mode == "partial_image" and step < cfg.partial_steps
-            )
-            update_a = cfg.mode in ("full", "attribute", "partial_image") or (
-                cfg.mode == "partial_attribute" and step < cfg.partial_steps
-            )
-            if not (update_x or update_a):
-                continue
-            x_var = x_t.detach().requires_grad_(update_x)
-            a_var = a_t.detach().requires_grad_(update_a)
-            loss = adapter.objective(adapter.outputs(_edit(editor, x_var, a_var)), ref).sum()
-            wrt = [v for v, on in ((x_var, update_x), (a_var, update_a)) if on]
-            grads = list(torch.autograd.grad(loss, wrt))
-            # Descend the objective: the fused step moves along +sign(grad).
-            if update_x:
-                ops.projected_sign_step(x_t, grads.pop(0).neg_(), x0, cfg.step, cfg.eps_x, 0.0, 1.0, out=x_t)
-            if update_a:
-                ops.projected_sign_step(a_t, grads.pop(0).neg_(), a0, cfg.step, cfg.eps_a, 0.0, 1.0, out=a_t)
-                if protect.numel():
-                    kept = a0[:, protect]
-                    a_t[:, protect] = a_t[:, protect].clamp(kept - cfg.eps_protect, kept + cfg.eps_protect)
+    loop = _SIALoop(adapter, editor, ref, x0, a0, cfg, protect)
+    loop.run(use_graph=cfg.cuda_graph and x.device.type == "cuda")
+    x_t, a_t = loop.x, loop.a
     with torch.no_grad():
         adversarial = _edit(editor, x_t, a_t).clamp(0, 1)
         success = adapter.flipped(adapter.outputs(adversarial), ref)
