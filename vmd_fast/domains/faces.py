@@ -745,7 +745,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
     canvas.paint(canvas.coverage(crown), hair_px, "hair", silhouette=True)
 
     # Bangs: a fringe over the forehead down to just above the brows, ragged at the tips.
-    tips = brow_y - 0.05 + 0.018 * torch.cos((gx - face_cx) * 55)
+    tips = brow_y - 0.025 + 0.012 * torch.cos((gx - face_cx) * 55)
     fringe = torch.maximum(torch.maximum(_ellipse(gx - face_cx, gy - cy, a * 1.03, b * 1.03), gy - tips),
                            (gx - face_cx).abs() - 0.92 * a)
     canvas.paint(canvas.coverage(fringe) * _col(p.bangs), hair_px * 0.92, "hair")
@@ -773,7 +773,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
     # Hat: a crown and a brim sitting at the hairline.
     hat = _col(p.hat)
     hat_rgb = _hue_rgb(p.hat_hue, 0.7, 0.8)
-    brim_y = hairline_y + 0.02
+    brim_y = hairline_y - 0.03  # high enough to show bangs below the brim
     hat_crown = _box(gx - head_cx, gy - (brim_y - 0.22), a * 1.08, 0.25 + 0 * b, 0.12)
     brim = _ellipse(gx - face_cx, gy - brim_y, a * 1.45, 0.055 + 0 * b)
     band = torch.maximum(hat_crown, _band(gy, brim_y - 0.10, brim_y))
