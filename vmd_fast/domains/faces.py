@@ -452,6 +452,7 @@ _SKIN_LIGHT, _SKIN_DARK = (0.98, 0.82, 0.70), (0.42, 0.27, 0.18)
 _LIPSTICK_RGB = (0.85, 0.06, 0.20)
 _EARRING_RGB = ((1.0, 0.85, 0.15), (0.92, 0.92, 1.0))
 _MAX_YAW = 0.5  # radians at yaw = 0 or 1
+_SMILE_LIFT = 0.10  # how far a smile raises the mouth corners (normalised units)
 _EDGE_PX = 1.5  # width of the antialiasing ramp of every edge, in pixels
 
 
@@ -571,7 +572,8 @@ def render(params: FaceParams, size: int = 64) -> Render:
     brow_y = eye_y - 0.105 - 0.03 * (_col(p.brow_height) - 0.5)
     nose_y = cy + b * (0.23 + 0.06 * (_col(p.nose_length) - 0.5))
     mouth_y = cy + b * (0.50 + 0.06 * (_col(p.mouth_height) - 0.5))
-    mouth_w = 0.14 + 0.03 * (_col(p.mouth_width) - 0.5) + 0.025 * _col(p.smiling)
+    mouth_rest_w = 0.14 + 0.03 * (_col(p.mouth_width) - 0.5)
+    mouth_w = mouth_rest_w + 0.035 * _col(p.smiling)
     top_y = cy - b  # the crown of the skull
     hairline_y = cy - b * (0.52 + 0.10 * (_col(p.hairline) - 0.5))
     face_cx, _ = project(0.0, 0.35)  # the outline drifts a little with the pose
@@ -597,14 +599,10 @@ def render(params: FaceParams, size: int = 64) -> Render:
     background = background * (1.08 - 0.16 * (gy.unsqueeze(1) + 1) / 2)
     canvas = _Canvas(background.clamp(0, 1).expand(n, 3, size, size), size)
 
-    # Clothes and neck.
+    # Clothes, long hair behind the head (not for the male cue), then the neck in front of it.
     shirt = _hue_rgb(p.shirt_hue, 0.55, 0.75)
     canvas.paint(canvas.coverage(_ellipse(gx - cx, gy - (cy + b + 0.55), 0.95 + 0 * a, 0.42 + 0 * b)),
                  shirt, "clothes", silhouette=True)
-    neck = _box(gx - (cx + 0.3 * (face_cx - cx)), gy - (cy + b * 0.9), 0.21 + 0.03 * male, 0.35 + 0 * b, 0.02)
-    canvas.paint(canvas.coverage(neck), skin * 0.86, "skin", silhouette=True)
-
-    # Long hair behind the head (not for the male cue).
     hair_len = 0.35 + 0.45 * _col(p.hair_length)
     back = torch.minimum(
         _ellipse(gx - head_cx, gy - (cy - 0.04), a * 1.22, b * 1.12),
@@ -612,6 +610,9 @@ def render(params: FaceParams, size: int = 64) -> Render:
     )
     back_alpha = canvas.coverage(back) * (1 - male)
     canvas.paint(back_alpha, hair_px * 0.85, "hair", silhouette=True)
+
+    neck = _box(gx - (cx + 0.3 * (face_cx - cx)), gy - (cy + b * 0.9), 0.21 + 0.03 * male, 0.35 + 0 * b, 0.02)
+    canvas.paint(canvas.coverage(neck), skin * 0.86, "skin", silhouette=True)
 
     # Ears and earrings.
     ear_y = eye_y + 0.07
@@ -641,7 +642,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
         line = torch.maximum((gy - y0).abs() - 0.010, (gx - face_cx).abs() - 0.55 * a)
         wrinkle = line if wrinkle is None else torch.minimum(wrinkle, line)
     for side in (-1.0, 1.0):
-        mx, _ = project(side * (mouth_w / a).clamp(max=0.8), 1.0)
+        mx, _ = project(side * (mouth_rest_w / a).clamp(max=0.8), 1.0)
         nx, _ = project(side * 0.30, 1.0)
         # a fold from beside the nose to beside the mouth corner
         t = ((gy - nose_y) / (mouth_y - nose_y)).clamp(0, 1)
@@ -716,21 +717,32 @@ def render(params: FaceParams, size: int = 64) -> Render:
     env = torch.sqrt((1 - t * t).clamp(min=0))
     smile = _col(p.smiling)
     opening = _col(p.mouth_open)
-    centre = mouth_y - (0.075 * smile - 0.01) * t * t
+    lift = _SMILE_LIFT * smile - 0.012  # corners: up in a smile, a little down at rest
+    centre = mouth_y - lift * t * t
     gap = opening * (0.030 + 0.025 * smile) * env
+    # the jaw drops: an open mouth grows mostly downwards, the upper lip stays
+    gap_up, gap_down = 0.4 * gap, 1.6 * gap
     upper = 0.026 * env + 0.004
     lower = 0.034 * env + 0.004
-    lips = torch.maximum(_band(gy, centre - gap - upper, centre + gap + lower), (gx - mouth_x).abs() - half_mouth)
+    lips = torch.maximum(_band(gy, centre - gap_up - upper, centre + gap_down + lower), (gx - mouth_x).abs() - half_mouth)
     lip_natural = torch.lerp(skin, torch.tensor([0.72, 0.32, 0.34], device=device).view(1, 3, 1, 1), 0.55)
     lipstick_rgb = torch.tensor(_LIPSTICK_RGB, device=device).view(1, 3, 1, 1) * (0.75 + 0.3 * _col(p.lip_shade).unsqueeze(1))
     lip_rgb = torch.lerp(lip_natural, lipstick_rgb, _col(p.lipstick).unsqueeze(1))
     canvas.paint(canvas.coverage(lips), lip_rgb, "mouth")
-    inside = torch.maximum(_band(gy, centre - gap, centre + gap), (gx - mouth_x).abs() - 0.9 * half_mouth)
+    parting = torch.maximum((gy - centre).abs() - 0.008, (gx - mouth_x).abs() - 0.95 * half_mouth)
+    canvas.paint(canvas.coverage(parting) * 0.8, lip_rgb * 0.35)
+    for side in (-1.0, 1.0):
+        # smile creases just outside the raised corners
+        crease_x = mouth_x + side * (half_mouth + 0.012)
+        crease = torch.maximum((gx - crease_x + side * 0.25 * (gy - mouth_y + lift) ** 2 / 0.05).abs() - 0.009,
+                               (gy - (mouth_y - lift + 0.005)).abs() - 0.032)
+        canvas.paint(canvas.coverage(crease) * smile * 0.6, skin * 0.55)
+    inside = torch.maximum(_band(gy, centre - gap_up, centre + gap_down), (gx - mouth_x).abs() - 0.9 * half_mouth)
     canvas.paint(canvas.coverage(inside) * opening, torch.tensor([0.25, 0.05, 0.07], device=device).view(1, 3, 1, 1))
-    teeth = torch.maximum(inside, gy - (centre - gap + 0.028))
+    teeth = torch.maximum(inside, gy - (centre - gap_up + 0.028))
     canvas.paint(canvas.coverage(teeth) * opening, white * 0.95)
 
-    moustache_bottom = centre - gap - upper - 0.006
+    moustache_bottom = centre - gap_up - upper - 0.006
     moustache = torch.maximum(
         _band(gy, moustache_bottom - 0.05 + 0.02 * t * t, moustache_bottom + 0.02 * (t * t)),
         (gx - mouth_x).abs() - half_mouth * 1.15,
@@ -748,24 +760,28 @@ def render(params: FaceParams, size: int = 64) -> Render:
     tips = brow_y - 0.025 + 0.012 * torch.cos((gx - face_cx) * 55)
     fringe = torch.maximum(torch.maximum(_ellipse(gx - face_cx, gy - cy, a * 1.03, b * 1.03), gy - tips),
                            (gx - face_cx).abs() - 0.92 * a)
-    canvas.paint(canvas.coverage(fringe) * _col(p.bangs), hair_px * 0.92, "hair")
+    fringe = torch.maximum(fringe, hairline - 0.04 - gy)  # it hangs from the hairline, over the forehead
+    canvas.paint(canvas.coverage(fringe) * _col(p.bangs), hair_px, "hair")
 
     # Glasses: two frames (round or rectangular), a bridge and the arms; tinted lenses.
     glasses = _col(p.eyeglasses)
     frame_rgb = torch.lerp(dark, torch.tensor([0.75, 0.55, 0.2], device=device).view(1, 3, 1, 1),
                            (_col(p.glasses_shade) > 0.7).float().unsqueeze(1))
     corner = 0.02 + 0.06 * _col(p.glasses_shape)
-    frame_sdf, lens_sdf = None, None
+    frame_sdf, lens_sdf, inner_edges = None, None, []
     for side, (ex, squeeze) in zip((-1.0, 1.0), eyes):
-        lens = _box(gx - ex, gy - (eye_y + 0.005), (eye_w + 0.05) * squeeze, 0.085 + 0 * b, corner)
+        lens_w = (eye_w + 0.05) * squeeze
+        lens = _box(gx - ex, gy - (eye_y + 0.005), lens_w, 0.085 + 0 * b, corner)
         ring = lens.abs() - 0.022
-        arm_end, _ = project(side * 0.97, 1.0)
-        arm = torch.maximum((gy - (eye_y - 0.03)).abs() - 0.016, (gx - (ex + arm_end) / 2).abs() - (arm_end - ex).abs() / 2)
+        # the arm runs from the outer edge of the lens to the ear
+        outer, arm_end = ex + side * lens_w, project(side * 0.97, 1.0)[0]
+        arm = torch.maximum((gy - (eye_y - 0.03)).abs() - 0.016, (gx - (outer + arm_end) / 2).abs() - (arm_end - outer).abs() / 2)
         piece = torch.minimum(ring, arm)
         frame_sdf = piece if frame_sdf is None else torch.minimum(frame_sdf, piece)
         lens_sdf = lens if lens_sdf is None else torch.minimum(lens_sdf, lens)
-    left, right = eyes[0][0], eyes[1][0]
-    bridge = torch.maximum((gy - (eye_y - 0.015)).abs() - 0.016, (gx - (left + right) / 2).abs() - (right - left) / 2)
+        inner_edges.append(ex - side * lens_w)
+    left, right = inner_edges
+    bridge = torch.maximum((gy - (eye_y - 0.015)).abs() - 0.016, (gx - (left + right) / 2).abs() - (right - left).abs() / 2)
     frame_sdf = torch.minimum(frame_sdf, bridge)
     canvas.paint(canvas.coverage(lens_sdf) * glasses * 0.25, torch.tensor([0.55, 0.65, 0.80], device=device).view(1, 3, 1, 1))
     canvas.paint(canvas.coverage(frame_sdf) * glasses, frame_rgb, "glasses")
@@ -775,7 +791,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
     hat_rgb = _hue_rgb(p.hat_hue, 0.7, 0.8)
     brim_y = hairline_y - 0.03  # high enough to show bangs below the brim
     hat_crown = _box(gx - head_cx, gy - (brim_y - 0.22), a * 1.08, 0.25 + 0 * b, 0.12)
-    brim = _ellipse(gx - face_cx, gy - brim_y, a * 1.45, 0.055 + 0 * b)
+    brim = _box(gx - face_cx, gy - brim_y, a * 1.45, 0.045 + 0 * b, 0.04)
     band = torch.maximum(hat_crown, _band(gy, brim_y - 0.10, brim_y))
     canvas.paint(canvas.coverage(torch.minimum(hat_crown, brim)) * hat, hat_rgb, "hat", silhouette=True)
     canvas.paint(canvas.coverage(band) * hat, hat_rgb * 0.55)
@@ -784,7 +800,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
     earring_rgb = _rgb(_EARRING_RGB, (p.earring_shade > 0.5).long())
     for side in (-1.0, 1.0):
         ear_x, _ = project(side * 0.97, 1.0)
-        visible = (1.0 - 2.5 * (side * sin_t).clamp(min=0)).clamp(0, 1)
+        visible = (side * sin_t < 0.2).float()  # a stud is seen whole or not at all
         stud = _ellipse(gx - (ear_x + side * 0.035), gy - (ear_y + 0.13), 0.038 + 0 * a, 0.038 + 0 * b)
         canvas.paint(canvas.coverage(stud) * visible * _col(p.earrings), earring_rgb, "earrings", silhouette=True)
 
@@ -794,15 +810,14 @@ def render(params: FaceParams, size: int = 64) -> Render:
     to_px = lambda v: (v + 1) * size / 2 - 0.5  # noqa: E731  normalised -> pixel centre coords
     mouth_left_x, _ = project(-(mouth_w / a).clamp(max=0.8), 1.0)
     mouth_right_x, _ = project((mouth_w / a).clamp(max=0.8), 1.0)
-    chin_x, _ = project(0.0, 0.6)
-    corner_y = mouth_y - (0.075 * smile - 0.01)
+    corner_y = mouth_y - lift
     points = [
         (eyes[0][0], eye_y),
         (eyes[1][0], eye_y),
         (tip_x, nose_y),
         (mouth_x - half_mouth, corner_y),
         (mouth_x + half_mouth, corner_y),
-        (chin_x, cy + b),
+        (face_cx, cy + b),  # the lowest point of the face outline
     ]
     landmarks = torch.stack(
         [torch.stack([to_px(x).expand(n, 1, 1).reshape(n), to_px(y).expand(n, 1, 1).reshape(n)], dim=1)
