@@ -41,8 +41,24 @@ def _summary(metrics: dict, checks: dict) -> str:
     return ", ".join(f"{m}={flat[m]:.4g}" for m in shown)
 
 
+def _markdown_table(infos) -> str:
+    lines = ["| name | kind | task | metrics (checked) | bias | size |", "|---|---|---|---|---|---|"]
+    for info in infos:
+        bias = info.get("bias")
+        bias = f"P({bias['spurious']} = {bias['label']}) = {bias['p']}" if bias else (
+            f"twin of `{info['twin_of']}`" if info.get("twin_of") else "")
+        lines.append(
+            f"| `{info['name']}` | {info['kind']} | {info.get('task', '')} | "
+            f"{_summary(info['metrics'], info.get('checks', {}))} | {bias} | {info['bytes'] / 1e3:.0f} kB |"
+        )
+    return "\n".join(lines)
+
+
 def _list(args) -> int:
     infos = list_assets(args.assets)
+    if args.markdown:
+        print(_markdown_table(infos))
+        return 0
     if not infos:
         print(f"no assets in {args.assets or ASSETS_DIR}")
     for info in infos:
@@ -62,7 +78,11 @@ def _train(args) -> int:
     if unknown:
         print(f"unknown recipes {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    names = sorted(known if args.all else args.names, key=lambda n: (_KIND_ORDER[known[n].kind], n))
+    # grouped by seed: recipes that share a training set render it once (see the targets' pool cache)
+    names = sorted(
+        known if args.all else args.names,
+        key=lambda n: (_KIND_ORDER[known[n].kind], str(known[n].config.get("seed")), n),
+    )
     out = args.out
     if args.tiny and out is None:
         out = tempfile.mkdtemp(prefix="vmd_fast_zoo_tiny_")
@@ -109,6 +129,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("list", help="list the shipped assets with their metrics")
     p.add_argument("--assets", type=Path, default=None, help="assets folder (default: the package's)")
+    p.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/world.md)")
     p.set_defaults(run=_list)
 
     p = sub.add_parser("train", help="train assets from nothing and write them")
