@@ -88,14 +88,21 @@ def test_landmarks_lie_on_their_parts(batch):
     for eye in ("left_eye", "right_eye"):
         assert (_part_at(out, eye) == PART["eyes"]).float().mean() >= 0.98, eye
     assert (_part_at(out, "nose_tip") == PART["nose"]).float().mean() >= 0.98
-    mouth = F.max_pool2d((out.segmentation == PART["mouth"]).float().unsqueeze(1), 5, 1, 2).squeeze(1)
+    mouth = F.max_pool2d((out.segmentation == PART["mouth"]).float().unsqueeze(1), 5, 1, 2).squeeze(
+        1
+    )
     for corner in ("mouth_left", "mouth_right"):
         xy = out.landmarks[:, LANDMARK[corner]].round().long()
         near = mouth[torch.arange(len(xy)), xy[:, 1], xy[:, 0]]
         assert near.mean() >= 0.98, corner
     chin = _part_at(out, "chin")
-    assert torch.isin(chin, torch.tensor([PART["skin"], PART["facial_hair"]])).float().mean() >= 0.98
-    left, right = out.landmarks[:, LANDMARK["left_eye"], 0], out.landmarks[:, LANDMARK["right_eye"], 0]
+    assert (
+        torch.isin(chin, torch.tensor([PART["skin"], PART["facial_hair"]])).float().mean() >= 0.98
+    )
+    left, right = (
+        out.landmarks[:, LANDMARK["left_eye"], 0],
+        out.landmarks[:, LANDMARK["right_eye"], 0],
+    )
     assert (left < right).all()
 
 
@@ -137,8 +144,20 @@ def test_hair_pixels_follow_hair_colour(batch):
 
 @pytest.mark.parametrize(
     "attribute",
-    ["eyeglasses", "hat", "beard", "moustache", "earrings", "lipstick", "bangs", "smiling", "mouth_open",
-     "heavy_makeup", "grey_hair", "male"],
+    [
+        "eyeglasses",
+        "hat",
+        "beard",
+        "moustache",
+        "earrings",
+        "lipstick",
+        "bangs",
+        "smiling",
+        "mouth_open",
+        "heavy_makeup",
+        "grey_hair",
+        "male",
+    ],
 )
 def test_replace_changes_only_that_attribute(attribute):
     params = faces(48, seed=11)
@@ -199,7 +218,9 @@ def test_independent_attributes_by_default():
 
 
 def test_planted_correlation_is_realised():
-    params = sample_params(20000, torch.Generator().manual_seed(2), [Correlation("smiling", "hat", 0.95)])
+    params = sample_params(
+        20000, torch.Generator().manual_seed(2), [Correlation("smiling", "hat", 0.95)]
+    )
     smiling = params.smiling == 1
     assert abs(float(params.hat[smiling].mean()) - 0.95) < 0.01
     assert abs(float(params.hat[~smiling].mean()) - 0.05) < 0.01
@@ -214,7 +235,9 @@ def test_imbalanced_dataset_is_one_to_ninety_nine():
 
 
 def test_biased_and_imbalanced_together():
-    ds = make_dataset(20000, seed=4, label="smiling", imbalance=0.1, correlations=[("smiling", "hat", 0.9)])
+    ds = make_dataset(
+        20000, seed=4, label="smiling", imbalance=0.1, correlations=[("smiling", "hat", 0.9)]
+    )
     p = ds.params
     assert abs(float(p.smiling.mean()) - 0.1) < 0.01
     assert abs(float((p.hat == p.smiling).float().mean()) - 0.9) < 0.01
@@ -258,7 +281,9 @@ def test_params_index_cat_and_describe():
     assert len(params[2:5]) == 3 and len(params[torch.tensor([0, 9])]) == 2
     assert len(FaceParams.cat([params[:3], params[3:]])) == 10
     d = describe(params, 4)
-    assert set(BINARY_ATTRIBUTES) <= set(d) and d["hair_color"] in CATEGORICAL_ATTRIBUTES["hair_color"]
+    assert (
+        set(BINARY_ATTRIBUTES) <= set(d) and d["hair_color"] in CATEGORICAL_ATTRIBUTES["hair_color"]
+    )
     assert d["smiling"] == bool(params.smiling[4])
 
 

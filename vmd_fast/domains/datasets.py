@@ -45,7 +45,11 @@ class FaceDataset(Dataset):
     """
 
     def __init__(self, params: FaceParams, label: Optional[str] = None, size: int = 64):
-        if label is not None and label not in BINARY_ATTRIBUTES + tuple(CATEGORICAL_ATTRIBUTES) + CONTINUOUS_ATTRIBUTES:
+        if (
+            label is not None
+            and label
+            not in BINARY_ATTRIBUTES + tuple(CATEGORICAL_ATTRIBUTES) + CONTINUOUS_ATTRIBUTES
+        ):
             raise KeyError(f"unknown label attribute {label!r}")
         self.params = params
         self.label = label
@@ -82,7 +86,9 @@ class FaceDataset(Dataset):
         self, batch_size: int, shuffle: bool = False, generator: Optional[torch.Generator] = None
     ) -> Iterator[Dict[str, Tensor]]:
         """Yield rendered batches (dicts of batched tensors) covering the set once."""
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        order = (
+            torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        )
         for start in range(0, len(self), batch_size):
             yield self.batch(order[start : start + batch_size])
 

@@ -17,7 +17,6 @@ y down); landmarks are returned in pixel coordinates, the centre of pixel ``(i, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields, replace as dataclass_replace
 from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -235,13 +234,17 @@ class FaceParams:
             The edited :class:`FaceParams`.
         """
         if vector.shape != (len(self), len(names)):
-            raise ValueError(f"vector must be (N, A) = {(len(self), len(names))}, got {tuple(vector.shape)}")
+            raise ValueError(
+                f"vector must be (N, A) = {(len(self), len(names))}, got {tuple(vector.shape)}"
+            )
         vector = vector.to(self.device)
         values, groups = {}, {}
         for column, name in enumerate(names):
             if "=" in name:
                 attribute, cls = name.split("=", 1)
-                groups.setdefault(attribute, []).append((CATEGORICAL_ATTRIBUTES[attribute].index(cls), column))
+                groups.setdefault(attribute, []).append(
+                    (CATEGORICAL_ATTRIBUTES[attribute].index(cls), column)
+                )
             elif name in BINARY_ATTRIBUTES:
                 values[name] = (vector[:, column] >= 0.5).float()
             elif name in CONTINUOUS_ATTRIBUTES:
@@ -574,7 +577,6 @@ def render(params: FaceParams, size: int = 64) -> Render:
     mouth_y = cy + b * (0.50 + 0.06 * (_col(p.mouth_height) - 0.5))
     mouth_rest_w = 0.14 + 0.03 * (_col(p.mouth_width) - 0.5)
     mouth_w = mouth_rest_w + 0.035 * _col(p.smiling)
-    top_y = cy - b  # the crown of the skull
     hairline_y = cy - b * (0.52 + 0.10 * (_col(p.hairline) - 0.5))
     face_cx, _ = project(0.0, 0.35)  # the outline drifts a little with the pose
     head_cx = cx - 0.06 * sin_t  # the back of the head goes the other way
@@ -589,20 +591,28 @@ def render(params: FaceParams, size: int = 64) -> Render:
     hair = hair.clamp(0, 1)
     strands = 1 + 0.06 * torch.sin(
         (40 + 14 * _col(p.hair_texture)) * (gx - head_cx) + 4 * gy + 6.28 * _col(p.hair_texture)
-    ).unsqueeze(1)  # (N, 1, H, W)
+    ).unsqueeze(
+        1
+    )  # (N, 1, H, W)
     grey = torch.tensor(_GREY_HAIR_RGB, device=device).view(1, 3, 1, 1)
     temples = (((gx - head_cx).abs() - 0.7 * a) * 12).sigmoid().unsqueeze(1)  # (N, 1, H, W)
     hair_px = torch.lerp(hair, grey, temples * 0.9 * _col(p.grey_hair).unsqueeze(1)) * strands
     facial_hair = hair * 0.72
 
-    background = _rgb(_BACKGROUND_RGB, p.background) * (0.9 + 0.15 * _col(p.background_shade).unsqueeze(1))
+    background = _rgb(_BACKGROUND_RGB, p.background) * (
+        0.9 + 0.15 * _col(p.background_shade).unsqueeze(1)
+    )
     background = background * (1.08 - 0.16 * (gy.unsqueeze(1) + 1) / 2)
     canvas = _Canvas(background.clamp(0, 1).expand(n, 3, size, size), size)
 
     # Clothes, long hair behind the head (not for the male cue), then the neck in front of it.
     shirt = _hue_rgb(p.shirt_hue, 0.55, 0.75)
-    canvas.paint(canvas.coverage(_ellipse(gx - cx, gy - (cy + b + 0.55), 0.95 + 0 * a, 0.42 + 0 * b)),
-                 shirt, "clothes", silhouette=True)
+    canvas.paint(
+        canvas.coverage(_ellipse(gx - cx, gy - (cy + b + 0.55), 0.95, 0.42)),
+        shirt,
+        "clothes",
+        silhouette=True,
+    )
     hair_len = 0.35 + 0.45 * _col(p.hair_length)
     back = torch.minimum(
         _ellipse(gx - head_cx, gy - (cy - 0.04), a * 1.22, b * 1.12),
@@ -611,7 +621,9 @@ def render(params: FaceParams, size: int = 64) -> Render:
     back_alpha = canvas.coverage(back) * (1 - male)
     canvas.paint(back_alpha, hair_px * 0.85, "hair", silhouette=True)
 
-    neck = _box(gx - (cx + 0.3 * (face_cx - cx)), gy - (cy + b * 0.9), 0.21 + 0.03 * male, 0.35 + 0 * b, 0.02)
+    neck = _box(
+        gx - (cx + 0.3 * (face_cx - cx)), gy - (cy + b * 0.9), 0.21 + 0.03 * male, 0.35, 0.02
+    )
     canvas.paint(canvas.coverage(neck), skin * 0.86, "skin", silhouette=True)
 
     # Ears and earrings.
@@ -619,7 +631,7 @@ def render(params: FaceParams, size: int = 64) -> Render:
     for side in (-1.0, 1.0):
         ear_x, _ = project(side * 0.97, 1.0)
         visible = (1.0 - 2.5 * (side * sin_t).clamp(min=0)).clamp(0, 1)
-        ear = _ellipse(gx - (ear_x + side * 0.03), gy - ear_y, 0.065 + 0 * a, 0.11 + 0 * b)
+        ear = _ellipse(gx - (ear_x + side * 0.03), gy - ear_y, 0.065, 0.11)
         canvas.paint(canvas.coverage(ear) * visible, skin * 0.93, "skin", silhouette=True)
 
     # Face: an ellipse whose lower half is squarer for the male cue (a superellipse).
@@ -658,11 +670,14 @@ def render(params: FaceParams, size: int = 64) -> Render:
     for side in (-1.0, 1.0):
         ex, squeeze = project(side * eye_f, 1.0)
         eyes.append((ex, squeeze))
-        shadow = _ellipse(gx - ex, gy - (eye_y - 0.035), eye_w * 1.25 * squeeze, 0.065 + 0 * b)
+        shadow = _ellipse(gx - ex, gy - (eye_y - 0.035), eye_w * 1.25 * squeeze, 0.065)
         canvas.paint(canvas.coverage(shadow) * makeup * 0.75, shadow_rgb)
         cheek_x, _ = project(side * 0.55, 1.0)
-        blush = _ellipse(gx - cheek_x, gy - (nose_y + 0.02), 0.10 + 0 * a, 0.07 + 0 * b)
-        canvas.paint(canvas.coverage(blush) * makeup * 0.45, torch.tensor([0.95, 0.35, 0.45], device=device).view(1, 3, 1, 1))
+        blush = _ellipse(gx - cheek_x, gy - (nose_y + 0.02), 0.10, 0.07)
+        canvas.paint(
+            canvas.coverage(blush) * makeup * 0.45,
+            torch.tensor([0.95, 0.35, 0.45], device=device).view(1, 3, 1, 1),
+        )
 
     # Eyes: sclera, iris (eye colour), pupil; eyeliner with makeup.
     iris_rgb = _rgb(_EYE_RGB, p.eye_color)
@@ -674,10 +689,10 @@ def render(params: FaceParams, size: int = 64) -> Render:
         liner = sclera.abs() - 0.012 - 0.012 * makeup
         canvas.paint(canvas.coverage(liner) * (0.55 + 0.45 * makeup), dark)
         canvas.paint(canvas.coverage(sclera), white, "eyes")
-        iris = _ellipse(gx - ex - gaze, gy - eye_y, 0.052 * squeeze, 0.052 + 0 * b)
+        iris = _ellipse(gx - ex - gaze, gy - eye_y, 0.052 * squeeze, 0.052)
         iris = torch.maximum(iris, sclera)
         canvas.paint(canvas.coverage(iris), iris_rgb)
-        pupil = torch.maximum(_ellipse(gx - ex - gaze, gy - eye_y, 0.02 * squeeze, 0.02 + 0 * b), sclera)
+        pupil = torch.maximum(_ellipse(gx - ex - gaze, gy - eye_y, 0.02 * squeeze, 0.02), sclera)
         canvas.paint(canvas.coverage(pupil), dark)
 
     # Brows: thick and straight for the male cue, thin and arched otherwise.
@@ -701,12 +716,14 @@ def render(params: FaceParams, size: int = 64) -> Render:
     nose_shade = skin * (0.80 + 0.12 * light.sign().unsqueeze(1) * (gx - axis).unsqueeze(1).sign())
     canvas.paint(canvas.coverage(nose) * 0.9, nose_shade, "nose")
     for side in (-1.0, 1.0):
-        nostril = _ellipse(gx - (tip_x + side * 0.04), gy - (nose_y + 0.015), 0.022 + 0 * a, 0.014 + 0 * b)
+        nostril = _ellipse(gx - (tip_x + side * 0.04), gy - (nose_y + 0.015), 0.022, 0.014)
         canvas.paint(canvas.coverage(nostril) * 0.8, skin * 0.35)
 
     # Facial hair: a beard over jaw and chin, and sideburns; a moustache above the lip.
     beard_sdf = torch.maximum(face_sdf - 0.012, mouth_y - 0.035 - gy)
-    sideburn = torch.maximum(face_sdf - 0.012, torch.maximum(-face_sdf - 0.07, _band(gy, eye_y + 0.08, mouth_y)))
+    sideburn = torch.maximum(
+        face_sdf - 0.012, torch.maximum(-face_sdf - 0.07, _band(gy, eye_y + 0.08, mouth_y))
+    )
     beard_sdf = torch.minimum(beard_sdf, sideburn)
     canvas.paint(canvas.coverage(beard_sdf) * _col(p.beard), facial_hair * strands, "facial_hair")
 
@@ -724,9 +741,16 @@ def render(params: FaceParams, size: int = 64) -> Render:
     gap_up, gap_down = 0.4 * gap, 1.6 * gap
     upper = 0.026 * env + 0.004
     lower = 0.034 * env + 0.004
-    lips = torch.maximum(_band(gy, centre - gap_up - upper, centre + gap_down + lower), (gx - mouth_x).abs() - half_mouth)
-    lip_natural = torch.lerp(skin, torch.tensor([0.72, 0.32, 0.34], device=device).view(1, 3, 1, 1), 0.55)
-    lipstick_rgb = torch.tensor(_LIPSTICK_RGB, device=device).view(1, 3, 1, 1) * (0.75 + 0.3 * _col(p.lip_shade).unsqueeze(1))
+    lips = torch.maximum(
+        _band(gy, centre - gap_up - upper, centre + gap_down + lower),
+        (gx - mouth_x).abs() - half_mouth,
+    )
+    lip_natural = torch.lerp(
+        skin, torch.tensor([0.72, 0.32, 0.34], device=device).view(1, 3, 1, 1), 0.55
+    )
+    lipstick_rgb = torch.tensor(_LIPSTICK_RGB, device=device).view(1, 3, 1, 1) * (
+        0.75 + 0.3 * _col(p.lip_shade).unsqueeze(1)
+    )
     lip_rgb = torch.lerp(lip_natural, lipstick_rgb, _col(p.lipstick).unsqueeze(1))
     canvas.paint(canvas.coverage(lips), lip_rgb, "mouth")
     parting = torch.maximum((gy - centre).abs() - 0.008, (gx - mouth_x).abs() - 0.95 * half_mouth)
@@ -734,11 +758,18 @@ def render(params: FaceParams, size: int = 64) -> Render:
     for side in (-1.0, 1.0):
         # smile creases just outside the raised corners
         crease_x = mouth_x + side * (half_mouth + 0.012)
-        crease = torch.maximum((gx - crease_x + side * 0.25 * (gy - mouth_y + lift) ** 2 / 0.05).abs() - 0.009,
-                               (gy - (mouth_y - lift + 0.005)).abs() - 0.032)
+        crease = torch.maximum(
+            (gx - crease_x + side * 0.25 * (gy - mouth_y + lift) ** 2 / 0.05).abs() - 0.009,
+            (gy - (mouth_y - lift + 0.005)).abs() - 0.032,
+        )
         canvas.paint(canvas.coverage(crease) * smile * 0.6, skin * 0.55)
-    inside = torch.maximum(_band(gy, centre - gap_up, centre + gap_down), (gx - mouth_x).abs() - 0.9 * half_mouth)
-    canvas.paint(canvas.coverage(inside) * opening, torch.tensor([0.25, 0.05, 0.07], device=device).view(1, 3, 1, 1))
+    inside = torch.maximum(
+        _band(gy, centre - gap_up, centre + gap_down), (gx - mouth_x).abs() - 0.9 * half_mouth
+    )
+    canvas.paint(
+        canvas.coverage(inside) * opening,
+        torch.tensor([0.25, 0.05, 0.07], device=device).view(1, 3, 1, 1),
+    )
     teeth = torch.maximum(inside, gy - (centre - gap_up + 0.028))
     canvas.paint(canvas.coverage(teeth) * opening, white * 0.95)
 
@@ -747,7 +778,9 @@ def render(params: FaceParams, size: int = 64) -> Render:
         _band(gy, moustache_bottom - 0.05 + 0.02 * t * t, moustache_bottom + 0.02 * (t * t)),
         (gx - mouth_x).abs() - half_mouth * 1.15,
     )
-    canvas.paint(canvas.coverage(moustache) * _col(p.moustache), facial_hair * strands, "facial_hair")
+    canvas.paint(
+        canvas.coverage(moustache) * _col(p.moustache), facial_hair * strands, "facial_hair"
+    )
 
     # Hair on the head: the crown down to the hairline, lower at the temples for long hair.
     side_drop = b * (0.30 + 0.25 * (1 - male))
@@ -758,42 +791,60 @@ def render(params: FaceParams, size: int = 64) -> Render:
 
     # Bangs: a fringe over the forehead down to just above the brows, ragged at the tips.
     tips = brow_y - 0.025 + 0.012 * torch.cos((gx - face_cx) * 55)
-    fringe = torch.maximum(torch.maximum(_ellipse(gx - face_cx, gy - cy, a * 1.03, b * 1.03), gy - tips),
-                           (gx - face_cx).abs() - 0.92 * a)
-    fringe = torch.maximum(fringe, hairline - 0.04 - gy)  # it hangs from the hairline, over the forehead
+    fringe = torch.maximum(
+        torch.maximum(_ellipse(gx - face_cx, gy - cy, a * 1.03, b * 1.03), gy - tips),
+        (gx - face_cx).abs() - 0.92 * a,
+    )
+    fringe = torch.maximum(
+        fringe, hairline - 0.04 - gy
+    )  # it hangs from the hairline, over the forehead
     canvas.paint(canvas.coverage(fringe) * _col(p.bangs), hair_px, "hair")
 
     # Glasses: two frames (round or rectangular), a bridge and the arms; tinted lenses.
     glasses = _col(p.eyeglasses)
-    frame_rgb = torch.lerp(dark, torch.tensor([0.75, 0.55, 0.2], device=device).view(1, 3, 1, 1),
-                           (_col(p.glasses_shade) > 0.7).float().unsqueeze(1))
+    frame_rgb = torch.lerp(
+        dark,
+        torch.tensor([0.75, 0.55, 0.2], device=device).view(1, 3, 1, 1),
+        (_col(p.glasses_shade) > 0.7).float().unsqueeze(1),
+    )
     corner = 0.02 + 0.06 * _col(p.glasses_shape)
     frame_sdf, lens_sdf, inner_edges = None, None, []
     for side, (ex, squeeze) in zip((-1.0, 1.0), eyes):
         lens_w = (eye_w + 0.05) * squeeze
-        lens = _box(gx - ex, gy - (eye_y + 0.005), lens_w, 0.085 + 0 * b, corner)
+        lens = _box(gx - ex, gy - (eye_y + 0.005), lens_w, 0.085, corner)
         ring = lens.abs() - 0.022
         # the arm runs from the outer edge of the lens to the ear
         outer, arm_end = ex + side * lens_w, project(side * 0.97, 1.0)[0]
-        arm = torch.maximum((gy - (eye_y - 0.03)).abs() - 0.016, (gx - (outer + arm_end) / 2).abs() - (arm_end - outer).abs() / 2)
+        arm = torch.maximum(
+            (gy - (eye_y - 0.03)).abs() - 0.016,
+            (gx - (outer + arm_end) / 2).abs() - (arm_end - outer).abs() / 2,
+        )
         piece = torch.minimum(ring, arm)
         frame_sdf = piece if frame_sdf is None else torch.minimum(frame_sdf, piece)
         lens_sdf = lens if lens_sdf is None else torch.minimum(lens_sdf, lens)
         inner_edges.append(ex - side * lens_w)
     left, right = inner_edges
-    bridge = torch.maximum((gy - (eye_y - 0.015)).abs() - 0.016, (gx - (left + right) / 2).abs() - (right - left).abs() / 2)
+    bridge = torch.maximum(
+        (gy - (eye_y - 0.015)).abs() - 0.016,
+        (gx - (left + right) / 2).abs() - (right - left).abs() / 2,
+    )
     frame_sdf = torch.minimum(frame_sdf, bridge)
-    canvas.paint(canvas.coverage(lens_sdf) * glasses * 0.25, torch.tensor([0.55, 0.65, 0.80], device=device).view(1, 3, 1, 1))
+    canvas.paint(
+        canvas.coverage(lens_sdf) * glasses * 0.25,
+        torch.tensor([0.55, 0.65, 0.80], device=device).view(1, 3, 1, 1),
+    )
     canvas.paint(canvas.coverage(frame_sdf) * glasses, frame_rgb, "glasses")
 
     # Hat: a crown and a brim sitting at the hairline.
     hat = _col(p.hat)
     hat_rgb = _hue_rgb(p.hat_hue, 0.7, 0.8)
     brim_y = hairline_y - 0.03  # high enough to show bangs below the brim
-    hat_crown = _box(gx - head_cx, gy - (brim_y - 0.22), a * 1.08, 0.25 + 0 * b, 0.12)
-    brim = _box(gx - face_cx, gy - brim_y, a * 1.45, 0.045 + 0 * b, 0.04)
+    hat_crown = _box(gx - head_cx, gy - (brim_y - 0.22), a * 1.08, 0.25, 0.12)
+    brim = _box(gx - face_cx, gy - brim_y, a * 1.45, 0.045, 0.04)
     band = torch.maximum(hat_crown, _band(gy, brim_y - 0.10, brim_y))
-    canvas.paint(canvas.coverage(torch.minimum(hat_crown, brim)) * hat, hat_rgb, "hat", silhouette=True)
+    canvas.paint(
+        canvas.coverage(torch.minimum(hat_crown, brim)) * hat, hat_rgb, "hat", silhouette=True
+    )
     canvas.paint(canvas.coverage(band) * hat, hat_rgb * 0.55)
 
     # Earrings: bright studs at the ear lobes, drawn over the hair.
@@ -801,8 +852,13 @@ def render(params: FaceParams, size: int = 64) -> Render:
     for side in (-1.0, 1.0):
         ear_x, _ = project(side * 0.97, 1.0)
         visible = (side * sin_t < 0.2).float()  # a stud is seen whole or not at all
-        stud = _ellipse(gx - (ear_x + side * 0.035), gy - (ear_y + 0.13), 0.038 + 0 * a, 0.038 + 0 * b)
-        canvas.paint(canvas.coverage(stud) * visible * _col(p.earrings), earring_rgb, "earrings", silhouette=True)
+        stud = _ellipse(gx - (ear_x + side * 0.035), gy - (ear_y + 0.13), 0.038, 0.038)
+        canvas.paint(
+            canvas.coverage(stud) * visible * _col(p.earrings),
+            earring_rgb,
+            "earrings",
+            silhouette=True,
+        )
 
     image = canvas.image * (1 + canvas.cover.unsqueeze(1) * (shade.unsqueeze(1) - 1))
     image = image.clamp(0, 1)
@@ -820,6 +876,12 @@ def render(params: FaceParams, size: int = 64) -> Render:
         (face_cx, cy + b),  # the lowest point of the face outline
     ]
     landmarks = torch.stack(
-        [torch.stack([to_px(x).expand(n, 1, 1).reshape(n), to_px(y).expand(n, 1, 1).reshape(n)], dim=1)
-         for x, y in points], dim=1)
+        [
+            torch.stack(
+                [to_px(x).expand(n, 1, 1).reshape(n), to_px(y).expand(n, 1, 1).reshape(n)], dim=1
+            )
+            for x, y in points
+        ],
+        dim=1,
+    )
     return Render(images=image.contiguous(), landmarks=landmarks, segmentation=canvas.parts.long())

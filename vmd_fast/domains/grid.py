@@ -36,7 +36,9 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 2, pad_value: float 
     n, c, h, w = images.shape
     ncol = min(nrow, n)
     rows = (n + ncol - 1) // ncol
-    grid = images.new_full((c, rows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
+    grid = images.new_full(
+        (c, rows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value
+    )
     for k in range(n):
         r, q = divmod(k, ncol)
         top, left = padding + r * (h + padding), padding + q * (w + padding)

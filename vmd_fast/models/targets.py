@@ -88,7 +88,9 @@ class ClassifierConfig:
         self.labels = tuple(self.labels)
         self.widths = tuple(int(w) for w in self.widths)
         if self.task not in ("binary", "multiclass", "attributes"):
-            raise ValueError(f"a Classifier's task is binary, multiclass or attributes, not {self.task!r}")
+            raise ValueError(
+                f"a Classifier's task is binary, multiclass or attributes, not {self.task!r}"
+            )
         if self.task == "binary" and len(self.labels) != 1:
             raise ValueError("a binary classifier has exactly one label")
         if self.task == "multiclass" and len(self.labels) < 2:
@@ -157,7 +159,9 @@ class DenseConfig:
         self.labels = tuple(self.labels)
         self.widths = tuple(int(w) for w in self.widths)
         if self.task not in ("keypoints", "segmentation"):
-            raise ValueError(f"a dense target's task is keypoints or segmentation, not {self.task!r}")
+            raise ValueError(
+                f"a dense target's task is keypoints or segmentation, not {self.task!r}"
+            )
         if len(self.widths) != 3 or not self.labels:
             raise ValueError("a dense target needs three widths and at least one label")
 
@@ -285,4 +289,3 @@ def build_target(config: dict) -> nn.Module:
         dense = DenseConfig(**config)
         return KeypointDetector(dense) if dense.task == "keypoints" else Segmenter(dense)
     return Classifier(ClassifierConfig(**config))
-

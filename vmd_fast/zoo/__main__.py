@@ -42,14 +42,21 @@ def _summary(metrics: dict, checks: dict) -> str:
 
 
 def _markdown_table(infos) -> str:
-    lines = ["| name | kind | task | metrics (checked) | bias | size |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| name | kind | task | metrics (checked) | bias | size |",
+        "|---|---|---|---|---|---|",
+    ]
     for info in infos:
         bias = info.get("bias")
-        bias = f"P({bias['spurious']} = {bias['label']}) = {bias['p']}" if bias else (
-            f"twin of `{info['twin_of']}`" if info.get("twin_of") else "")
+        bias = (
+            f"P({bias['spurious']} = {bias['label']}) = {bias['p']}"
+            if bias
+            else (f"twin of `{info['twin_of']}`" if info.get("twin_of") else "")
+        )
         lines.append(
             f"| `{info['name']}` | {info['kind']} | {info.get('task', '')} | "
-            f"{_summary(info['metrics'], info.get('checks', {}))} | {bias} | {info['bytes'] / 1e3:.0f} kB |"
+            f"{_summary(info['metrics'], info.get('checks', {}))} | {bias} | "
+            f"{info['bytes'] / 1e3:.0f} kB |"
         )
     return "\n".join(lines)
 
@@ -62,7 +69,10 @@ def _list(args) -> int:
     if not infos:
         print(f"no assets in {args.assets or ASSETS_DIR}")
     for info in infos:
-        print(f"{info['name']:32s} {info['kind']:9s} {info['bytes'] / 1e6:6.2f} MB  {_summary(info['metrics'], info.get('checks', {}))}")
+        print(
+            f"{info['name']:32s} {info['kind']:9s} {info['bytes'] / 1e6:6.2f} MB  "
+            f"{_summary(info['metrics'], info.get('checks', {}))}"
+        )
     missing = sorted(set(recipes()) - {info["name"] for info in infos})
     if missing:
         print(f"recipes without an asset here: {', '.join(missing)}")
@@ -78,7 +88,7 @@ def _train(args) -> int:
     if unknown:
         print(f"unknown recipes {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    # grouped by seed: recipes that share a training set render it once (see the targets' pool cache)
+    # grouped by seed: recipes that share a training set render it once (targets' pool cache)
     names = sorted(
         known if args.all else args.names,
         key=lambda n: (_KIND_ORDER[known[n].kind], str(known[n].config.get("seed")), n),
@@ -94,8 +104,15 @@ def _train(args) -> int:
         info = train_asset(name, tiny=args.tiny, out_dir=out)
         weights, meta = asset_paths(name, out)
         failed = failed_checks(info["metrics"], known[name].checks)
-        status = "ok" if not failed else ("tiny run, checks not expected" if args.tiny else "FAILED " + "; ".join(failed))
-        print(f"{name}: {info['training']['seconds']:.0f} s, {_summary(info['metrics'], known[name].checks)} [{status}]")
+        status = (
+            "ok"
+            if not failed
+            else ("tiny run, checks not expected" if args.tiny else "FAILED " + "; ".join(failed))
+        )
+        print(
+            f"{name}: {info['training']['seconds']:.0f} s, "
+            f"{_summary(info['metrics'], known[name].checks)} [{status}]"
+        )
         print(f"  wrote {weights} ({info['bytes'] / 1e6:.2f} MB) and {meta}")
         failures += bool(failed) and not args.tiny
     print(f"trained {len(names)} asset(s) into {out} in {time.perf_counter() - start:.0f} s")
@@ -124,26 +141,47 @@ def _check(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vmd_fast.zoo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vmd_fast.zoo", description=__doc__.split("\n")[0]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the shipped assets with their metrics")
-    p.add_argument("--assets", type=Path, default=None, help="assets folder (default: the package's)")
-    p.add_argument("--markdown", action="store_true", help="print a Markdown table (as in docs/world.md)")
+    p.add_argument(
+        "--assets", type=Path, default=None, help="assets folder (default: the package's)"
+    )
+    p.add_argument(
+        "--markdown", action="store_true", help="print a Markdown table (as in docs/world.md)"
+    )
     p.set_defaults(run=_list)
 
     p = sub.add_parser("train", help="train assets from nothing and write them")
     p.add_argument("names", nargs="*", help="recipe names")
     p.add_argument("--all", action="store_true", help="every registered recipe")
-    p.add_argument("--tiny", action="store_true", help="the tiny configs (seconds; for CI), into a temporary folder unless --out")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the package's assets)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="the tiny configs (seconds; for CI), into a temporary folder unless --out",
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: the package's assets)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.set_defaults(run=_train)
 
-    p = sub.add_parser("check", help="re-measure shipped assets on fresh renders and compare with their JSON")
+    p = sub.add_parser(
+        "check", help="re-measure shipped assets on fresh renders and compare with their JSON"
+    )
     p.add_argument("names", nargs="*", help="asset names (default: all in the folder)")
-    p.add_argument("--assets", type=Path, default=None, help="assets folder (default: the package's)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the fresh renders (default: stored eval_seed + 1000)")
+    p.add_argument(
+        "--assets", type=Path, default=None, help="assets folder (default: the package's)"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of the fresh renders (default: stored eval_seed + 1000)",
+    )
     p.set_defaults(run=_check)
 
     args = parser.parse_args(argv)

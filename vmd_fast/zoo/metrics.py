@@ -68,13 +68,17 @@ def group_accuracies(correct: Tensor, label: Tensor, spurious: Tensor) -> Dict[s
     for l in (0, 1):
         for s in (0, 1):
             mask = (label.round() == l) & (spurious.round() == s)
-            out[f"label={l},spurious={s}"] = float(correct[mask].mean()) if mask.any() else float("nan")
+            out[f"label={l},spurious={s}"] = (
+                float(correct[mask].mean()) if mask.any() else float("nan")
+            )
     aligned = (out["label=0,spurious=0"] + out["label=1,spurious=1"]) / 2
     conflicting = (out["label=0,spurious=1"] + out["label=1,spurious=0"]) / 2
     out["aligned_accuracy"] = aligned
     out["conflicting_accuracy"] = conflicting
     out["bias_gap"] = aligned - conflicting
-    out["worst_group_accuracy"] = min(out[f"label={l},spurious={s}"] for l in (0, 1) for s in (0, 1))
+    out["worst_group_accuracy"] = min(
+        out[f"label={l},spurious={s}"] for l in (0, 1) for s in (0, 1)
+    )
     return out
 
 

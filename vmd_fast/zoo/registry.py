@@ -59,7 +59,9 @@ class Recipe:
 
     def __post_init__(self):
         if self.kind not in KINDS:
-            raise ValueError(f"recipe {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}")
+            raise ValueError(
+                f"recipe {self.name!r}: kind must be one of {KINDS}, got {self.kind!r}"
+            )
         if "seed" not in self.config:
             raise ValueError(f"recipe {self.name!r}: config must contain 'seed'")
         for metric, (op, _) in self.checks.items():
@@ -84,7 +86,7 @@ def register(recipe: Recipe) -> Recipe:
 
 
 def recipes() -> Dict[str, Recipe]:
-    """Every registered recipe by name, after importing all modules of :mod:`vmd_fast.zoo.recipes`."""
+    """Every registered recipe by name (imports every module of :mod:`vmd_fast.zoo.recipes`)."""
     package = importlib.import_module("vmd_fast.zoo.recipes")  # the package, not this function
     for module in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{module.name}")

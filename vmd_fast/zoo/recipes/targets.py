@@ -50,7 +50,9 @@ def build(config: dict) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=2)
-def _training_pool(n: int, seed: int, correlations: Tuple[Tuple[str, str, float], ...]) -> Dict[str, Tensor]:
+def _training_pool(
+    n: int, seed: int, correlations: Tuple[Tuple[str, str, float], ...]
+) -> Dict[str, Tensor]:
     """Rendered training faces, kept as uint8 so that a pool of tens of thousands fits in
     memory; cached so that recipes with the same training set render it once."""
     params = sample_params(n, torch.Generator().manual_seed(seed), as_correlations(correlations))
@@ -63,7 +65,12 @@ def _training_pool(n: int, seed: int, correlations: Tuple[Tuple[str, str, float]
         images[start:stop] = (out.images * 255).round().to(torch.uint8)
         segmentation[start:stop] = out.segmentation.to(torch.uint8)
         landmarks[start:stop] = out.landmarks
-    return {"params": params, "images": images, "segmentation": segmentation, "landmarks": landmarks}
+    return {
+        "params": params,
+        "images": images,
+        "segmentation": segmentation,
+        "landmarks": landmarks,
+    }
 
 
 def _targets(config: dict, params: FaceParams, landmarks: Tensor, segmentation: Tensor) -> Tensor:
@@ -118,8 +125,12 @@ def train(config: dict, name: str = "target") -> Tuple[nn.Module, dict]:
     n, batch_size = config["n_train"], config["batch_size"]
     steps_per_epoch = math.ceil(n / batch_size)
     total = config["epochs"] * steps_per_epoch
-    optimizer = torch.optim.AdamW(module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config["lr"], total_steps=total, pct_start=0.15)
+    optimizer = torch.optim.AdamW(
+        module.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
+    )
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config["lr"], total_steps=total, pct_start=0.15
+    )
     shuffle = torch.Generator().manual_seed(config["seed"] + 1)
     module.train()
     losses = []
@@ -129,7 +140,12 @@ def train(config: dict, name: str = "target") -> Tuple[nn.Module, dict]:
             for start in range(0, n, batch_size):
                 index = order[start : start + batch_size]
                 images = pool["images"][index].float() / 255.0
-                target = _targets(config, pool["params"][index], pool["landmarks"][index], pool["segmentation"][index])
+                target = _targets(
+                    config,
+                    pool["params"][index],
+                    pool["landmarks"][index],
+                    pool["segmentation"][index],
+                )
                 loss = _loss(config, module, images, target)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -140,7 +156,11 @@ def train(config: dict, name: str = "target") -> Tuple[nn.Module, dict]:
                 progress.set_postfix(loss=f"{losses[-1]:.4f}")
     module.eval()
     tail = losses[-max(1, steps_per_epoch // 4) :]
-    return module, {"steps": total, "images_seen": total * batch_size, "final_loss": sum(tail) / len(tail)}
+    return module, {
+        "steps": total,
+        "images_seen": total * batch_size,
+        "final_loss": sum(tail) / len(tail),
+    }
 
 
 def _predict_batches(module: nn.Module, params: FaceParams):
@@ -166,8 +186,12 @@ def evaluate(module: nn.Module, config: dict) -> dict:
             correct = (logits.reshape(-1) > 0).float() == labels
             metrics.update(group_accuracies(correct, labels, getattr(params, spurious)))
             flipped = params.replace(**{spurious: 1.0 - getattr(params, spurious)})
-            flipped_logits = torch.cat([output for _, _, output in _predict_batches(module, flipped)])
-            metrics["spurious_flip_rate"] = float(((logits > 0) != (flipped_logits > 0)).float().mean())
+            flipped_logits = torch.cat(
+                [output for _, _, output in _predict_batches(module, flipped)]
+            )
+            metrics["spurious_flip_rate"] = float(
+                ((logits > 0) != (flipped_logits > 0)).float().mean()
+            )
         return metrics
     if task == "multiclass":
         attribute = config["attribute"]
@@ -181,7 +205,8 @@ def evaluate(module: nn.Module, config: dict) -> dict:
     if task == "attributes":
         logits = torch.cat([output for _, _, output in _predict_batches(module, params)])
         per_attribute = {
-            name: binary_accuracy(logits[:, k], getattr(params, name)) for k, name in enumerate(config["labels"])
+            name: binary_accuracy(logits[:, k], getattr(params, name))
+            for k, name in enumerate(config["labels"])
         }
         return {
             "min_accuracy": min(per_attribute.values()),
@@ -190,12 +215,17 @@ def evaluate(module: nn.Module, config: dict) -> dict:
         }
     if task == "keypoints":
         errors = torch.cat(
-            [landmark_error(soft_argmax(output, stride=2), out.landmarks) for _, out, output in _predict_batches(module, params)]
+            [
+                landmark_error(soft_argmax(output, stride=2), out.landmarks)
+                for _, out, output in _predict_batches(module, params)
+            ]
         )  # (N, K)
         return {
             "mean_error_px": float(errors.mean()),
             "pck_2px": float((errors <= 2.0).float().mean()),
-            "per_landmark_error_px": {name: float(errors[:, k].mean()) for k, name in enumerate(config["labels"])},
+            "per_landmark_error_px": {
+                name: float(errors[:, k].mean()) for k, name in enumerate(config["labels"])
+            },
         }
     confusion = sum(
         confusion_matrix(output.argmax(1), out.segmentation, len(config["labels"]))
@@ -213,7 +243,9 @@ _TRAINING = {"batch_size": 128, "lr": 3e-3, "weight_decay": 1e-4, "storage_dtype
 _TINY = {"n_train": 64, "epochs": 1, "batch_size": 32, "eval_n": 64}
 
 
-def _register(name: str, config: dict, checks: dict, metadata: dict, tiny: Optional[dict] = None) -> Recipe:
+def _register(
+    name: str, config: dict, checks: dict, metadata: dict, tiny: Optional[dict] = None
+) -> Recipe:
     config = {**_TRAINING, **config}
     return register(
         Recipe(
@@ -231,7 +263,13 @@ def _register(name: str, config: dict, checks: dict, metadata: dict, tiny: Optio
 
 
 # The unbiased classifiers share one training set (seed 11), rendered once per `train --all`.
-_CLASSIFIER = {"widths": [24, 48, 64, 96], "residual": 0, "n_train": 20000, "epochs": 2, "eval_n": 2000}
+_CLASSIFIER = {
+    "widths": [24, 48, 64, 96],
+    "residual": 0,
+    "n_train": 20000,
+    "epochs": 2,
+    "eval_n": 2000,
+}
 _TINY_CLASSIFIER = {"widths": [8, 8, 8, 8]}
 
 # Binary classifiers of single attributes; epochs by how subtle the attribute is.
@@ -245,7 +283,14 @@ for _name, _label, _epochs in (
 ):
     _register(
         _name,
-        {"task": "binary", "labels": [_label], "seed": 11, "eval_seed": 101, **_CLASSIFIER, "epochs": _epochs},
+        {
+            "task": "binary",
+            "labels": [_label],
+            "seed": 11,
+            "eval_seed": 101,
+            **_CLASSIFIER,
+            "epochs": _epochs,
+        },
         checks={"accuracy": (">=", 0.95)},
         metadata={"description": f"binary classifier of '{_label}' (logit > 0: present)"},
         tiny=_TINY_CLASSIFIER,
@@ -292,9 +337,17 @@ _register(
 # faces per group: the re-check tolerates 4 standard errors.
 _GROUP_TOLERANCES = {
     metric: 0.06
-    for metric in ("label=0,spurious=0", "label=0,spurious=1", "label=1,spurious=0", "label=1,spurious=1",
-                   "aligned_accuracy", "conflicting_accuracy", "bias_gap", "worst_group_accuracy",
-                   "spurious_flip_rate")
+    for metric in (
+        "label=0,spurious=0",
+        "label=0,spurious=1",
+        "label=1,spurious=0",
+        "label=1,spurious=1",
+        "aligned_accuracy",
+        "conflicting_accuracy",
+        "bias_gap",
+        "worst_group_accuracy",
+        "spurious_flip_rate",
+    )
 }
 _BIASES = (
     ("smile_bias_hat", "smiling", "hat", 0.95),
@@ -303,8 +356,15 @@ _BIASES = (
 )
 for _name, _label, _spurious, _p in _BIASES:
     _bias = {"label": _label, "spurious": _spurious, "p": _p}
-    _common = {"task": "binary", "labels": [_label], "spurious": _spurious, "seed": 12, "eval_seed": 102,
-               **_CLASSIFIER, "eval_n": 4000}
+    _common = {
+        "task": "binary",
+        "labels": [_label],
+        "spurious": _spurious,
+        "seed": 12,
+        "eval_seed": 102,
+        **_CLASSIFIER,
+        "eval_n": 4000,
+    }
     _register(
         _name,
         {**_common, "correlations": [[_label, _spurious, _p]]},
@@ -338,15 +398,24 @@ _register(
     "landmark_detector",
     {"task": "keypoints", "labels": list(LANDMARK_NAMES), **_DENSE, "epochs": 2},
     checks={"mean_error_px": ("<=", 2.0)},
-    metadata={"description": "landmark heatmaps at 32x32; keypoints(x) gives (N, K, 2) pixel (x, y)",
-              "tolerances": {"mean_error_px": 0.1}},
+    metadata={
+        "description": "landmark heatmaps at 32x32; keypoints(x) gives (N, K, 2) pixel (x, y)",
+        "tolerances": {"mean_error_px": 0.1},
+    },
     tiny=_TINY_DENSE,
 )
 
 _register(
     "part_segmenter",
     # small batches: the thin parts (brows, frames, earrings) need many updates
-    {"task": "segmentation", "labels": list(PART_NAMES), **_DENSE, "epochs": 4, "batch_size": 32, "lr": 5e-3},
+    {
+        "task": "segmentation",
+        "labels": list(PART_NAMES),
+        **_DENSE,
+        "epochs": 4,
+        "batch_size": 32,
+        "lr": 5e-3,
+    },
     checks={"mIoU": (">=", 0.8)},
     metadata={"description": "part segmentation logits (N, P, 64, 64) over the renderer's parts"},
     tiny=_TINY_DENSE,
