@@ -90,7 +90,9 @@ def read_info(name: str, assets_dir: Optional[PathLike] = None) -> dict:
         )
     info = json.loads(meta.read_text())
     if info.get("format_version") != FORMAT_VERSION:
-        raise AssetError(f"{meta}: format_version {info.get('format_version')} is not {FORMAT_VERSION}")
+        raise AssetError(
+            f"{meta}: format_version {info.get('format_version')} is not {FORMAT_VERSION}"
+        )
     if info.get("name") != name:
         raise AssetError(f"{meta} describes {info.get('name')!r}, not {name!r}")
     return info
@@ -131,7 +133,9 @@ def failed_checks(metrics: dict, checks: dict) -> List[str]:
     return failures
 
 
-def load(name: str, device: Union[str, torch.device] = "cpu", assets_dir: Optional[PathLike] = None) -> nn.Module:
+def load(
+    name: str, device: Union[str, torch.device] = "cpu", assets_dir: Optional[PathLike] = None
+) -> nn.Module:
     """A shipped model, ready to use: built by its recipe, checksum verified, eval mode.
 
     Args:
@@ -198,7 +202,9 @@ def round_to_storage(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Round the module's floating state to ``dtype`` and back, in place, so that what is
     evaluated is exactly what is shipped."""
     reference = module.state_dict()
-    module.load_state_dict({k: v.to(reference[k].dtype) for k, v in _storage_state(module, dtype).items()})
+    module.load_state_dict(
+        {k: v.to(reference[k].dtype) for k, v in _storage_state(module, dtype).items()}
+    )
     return module
 
 
@@ -219,7 +225,11 @@ def save_asset(
     dtype = getattr(torch, config.get("storage_dtype", "float16"))
     weights, meta = asset_paths(recipe.name, out_dir)
     weights.parent.mkdir(parents=True, exist_ok=True)
-    save_file(_storage_state(module, dtype), str(weights), metadata={"name": recipe.name, "format_version": str(FORMAT_VERSION)})
+    save_file(
+        _storage_state(module, dtype),
+        str(weights),
+        metadata={"name": recipe.name, "format_version": str(FORMAT_VERSION)},
+    )
     info = {
         "name": recipe.name,
         "kind": recipe.kind,
@@ -276,13 +286,19 @@ class CheckReport:
         name: the asset.
         stored: its metrics from the JSON (flattened).
         measured: the metrics measured now on fresh renders (flattened).
-        failures: what did not match: a metric outside its tolerance, or a failed check.
+        drift: the metrics re-measured outside their tolerance of the stored value.
+        missed_checks: the checks the new measurement does not meet.
     """
 
     name: str
     stored: Dict[str, float]
     measured: Dict[str, float]
-    failures: List[str] = field(default_factory=list)
+    drift: List[str] = field(default_factory=list)
+    missed_checks: List[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> List[str]:
+        return self.drift + self.missed_checks
 
     @property
     def ok(self) -> bool:
@@ -319,7 +335,9 @@ def check_asset(
     info = module.zoo_info
     config = dict(info["config"])
     if "eval_seed" in config:
-        config["eval_seed"] = eval_seed if eval_seed is not None else config["eval_seed"] + _CHECK_SEED_OFFSET
+        config["eval_seed"] = (
+            eval_seed if eval_seed is not None else config["eval_seed"] + _CHECK_SEED_OFFSET
+        )
     config.update(overrides)
     with torch.no_grad():
         measured = flatten_metrics(get_recipe(name).evaluate(module, config))
@@ -327,13 +345,13 @@ def check_asset(
     report = CheckReport(name, stored, measured)
     for metric, value in stored.items():
         if metric not in measured:
-            report.failures.append(f"{metric} is stored but was not re-measured")
+            report.drift.append(f"{metric} is stored but was not re-measured")
             continue
         tolerance = _tolerance(info, metric, value)
         if abs(measured[metric] - value) > tolerance:
-            report.failures.append(
+            report.drift.append(
                 f"{metric}: re-measured {measured[metric]:.4g}, stored {value:.4g} (tolerance {tolerance:.3g})"
             )
     checks = {metric: tuple(check) for metric, check in info.get("checks", {}).items()}
-    report.failures.extend(failed_checks(measured, checks))
+    report.missed_checks.extend(failed_checks(measured, checks))
     return report
