@@ -260,15 +260,26 @@ class SynthesisNetwork(nn.Module):
             for key, layer in block.layers.items()
         ]
 
-    def forward(self, styles: Sequence[torch.Tensor]) -> torch.Tensor:
+    def pyramid(self, styles: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """The running RGB image after every block: ``(N, 3, 4, 4)`` up to ``(N, 3, R, R)``.
+
+        The skip architecture sums upsampled RGB outputs, so the image after block ``b``
+        is the generator's own coarse version of the final image; a loss on every level
+        (multi-scale supervision) teaches the coarse blocks the layout first.
+        """
         x = img = None
+        images = []
         start = 0
         for block in self.blocks:
             count = len(block.layers)
             x, img = block(x, img, styles[start:start + count])
+            images.append(img)
             start += count
         assert start == len(styles), (start, len(styles))
-        return img
+        return images
+
+    def forward(self, styles: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.pyramid(styles)[-1]
 
 
 class Generator(nn.Module):
