@@ -300,7 +300,7 @@ class Correlation:
 
 def params_from_uniform(
     u: Tensor,
-    correlations: Sequence[Correlation] = (),
+    correlations: Optional[Sequence[Correlation]] = None,
     priors: Optional[Mapping[str, float]] = None,
 ) -> FaceParams:
     r"""Map a uniform code to face parameters, deterministically.
@@ -314,7 +314,8 @@ def params_from_uniform(
     Args:
         u: (N, PARAM_DIM) values in [0, 1), e.g. ``torch.special.ndtr(z)`` for a
             standard normal ``z``.
-        correlations: planted correlations, applied in order.
+        correlations: planted correlations, applied in order (:class:`Correlation` s or
+            ``(label, spurious, p)`` tuples).
         priors: binary attribute -> :math:`P(\text{attribute} = 1)`, for imbalanced sets.
 
     Returns:
@@ -343,7 +344,8 @@ def params_from_uniform(
             values[name] = (v * k).long().clamp_(0, k - 1)
         else:
             values[name] = v.clamp(0.0, 1.0)
-    for c in correlations:
+    for c in correlations or ():
+        c = c if isinstance(c, Correlation) else Correlation(*c)
         keep = u[:, _COLUMN[c.spurious]] < c.p
         label = values[c.label]
         values[c.spurious] = torch.where(keep, label, 1.0 - label)
@@ -353,7 +355,7 @@ def params_from_uniform(
 def sample_params(
     n: int,
     generator: Optional[torch.Generator] = None,
-    correlations: Sequence[Correlation] = (),
+    correlations: Optional[Sequence[Correlation]] = None,
     device: Union[str, torch.device] = "cpu",
     priors: Optional[Mapping[str, float]] = None,
 ) -> FaceParams:
