@@ -14,7 +14,7 @@ if [ "${VMD_FAST_CUDA:-}" != "0" ] && [ -x "${CUDA_HOME:-/usr/local/cuda}/bin/nv
   export VMD_FAST_REQUIRE_CUDA_KERNELS=1
 fi
 
-python -m pytest python_tests --doctest-modules vmd_fast/ops vmd_fast/diagnose vmd_fast/attacks.py vmd_fast/sia.py vmd_fast/zoom.py "$@"
+python -m pytest python_tests --doctest-modules vmd_fast "$@"
 
 if [ "${VMD_FAST_SKIP_CMAKE:-0}" != "1" ]; then
   bash scripts/cmake_build.sh
