@@ -87,7 +87,7 @@ class GeneratorRecipeConfig:
     mapping_layers: int = 4
     mapping_lr_multiplier: float = 1.0
     channels: Sequence[int] = (128, 128, 64, 32, 16)
-    steps: int = 2_000
+    steps: int = 3_000
     batch_size: int = 32
     lr: float = 5e-3
     warmup_fraction: float = 0.05
