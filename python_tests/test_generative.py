@@ -10,11 +10,11 @@ import torch
 import vmd_fast.ops as ops
 from vmd_fast.models.clip import CLIPConfig, build_clip, normalize_images, tokenizer
 from vmd_fast.models.editor import AttributeEditor, EditorConfig
-from vmd_fast.models.stylegan import Generator, GeneratorConfig
+from vmd_fast.models.stylegan import Generator, GeneratorConfig, LatentFeatures, latent_to_uniform
 
 SMALL_GENERATOR = GeneratorConfig(z_dim=16, w_dim=32, mapping_layers=2, channels=(32, 32, 16, 8, 8))
 SMALL_EDITOR = EditorConfig(attributes=("smiling", "hat", "skin_tone"), channels=(8, 16, 32))
-SMALL_CLIP = CLIPConfig(embed_dim=32, vision_width=32, vision_layers=1, text_width=32,
+SMALL_CLIP = CLIPConfig(embed_dim=32, vision_width=8, vision_head_width=32, text_width=32,
                         text_layers=1, text_heads=1)
 
 
@@ -94,6 +94,27 @@ def test_ssim_and_clip_losses_reach_the_styles(generator, small_clip, gen):
 def test_generator_config_rejects_a_wrong_channel_count():
     with pytest.raises(ValueError, match="channels needs 5 entries"):
         GeneratorConfig(resolution=64, channels=(8, 8))
+    with pytest.raises(ValueError, match="latent_levels needs one entry"):
+        GeneratorConfig(z_dim=3, latent_levels=(0, 2))
+
+
+def test_latent_features_one_hot_code_the_discrete_coordinates(gen):
+    z = torch.randn(5, 3, generator=gen)
+    features = LatentFeatures([0, 2, 3])(z)  # (N, 3 + 2 + 3)
+    u = latent_to_uniform(z)
+    torch.testing.assert_close(features[:, :3], u * 2 - 1)
+    binary, ternary = features[:, 3:5], features[:, 5:8]
+    assert ((binary == 1).sum(dim=1) == 1).all() and ((ternary == 1).sum(dim=1) == 1).all()
+    torch.testing.assert_close(binary.argmax(dim=1), (u[:, 1] * 2).long())
+    torch.testing.assert_close(ternary.argmax(dim=1), (u[:, 2] * 3).long())
+
+
+def test_generator_with_discrete_levels_maps_and_synthesizes(gen):
+    config = GeneratorConfig(z_dim=4, w_dim=16, mapping_layers=1, channels=(16, 16, 8, 8, 8),
+                             latent_levels=(0, 2, 4, 0))
+    G = Generator(config).eval()
+    assert G.mapping.layers[0].weight.shape[1] == 4 + 2 + 4
+    assert G(torch.randn(2, 4, generator=gen)).shape == (2, 3, 64, 64)
 
 
 # ------------------------------------------------------------------------ editor
@@ -166,3 +187,108 @@ def test_clip_encodes_64px_images_in_unit_range(small_clip, gen):
 def test_normalize_images_resizes_for_other_clip_models(small_clip, gen):
     x = torch.rand(1, 3, 32, 32, generator=gen)
     assert normalize_images(x, small_clip).shape == (1, 3, 64, 64)
+
+
+# ------------------------------------------------------------------------ held-out prompts
+
+
+def test_zero_shot_prompts_are_never_training_captions():
+    import random
+
+    from vmd_fast.domains import BINARY_ATTRIBUTES, describe, sample_params
+    from vmd_fast.zoo.recipes.clip import (
+        HELD_OUT_TEMPLATES,
+        TRAIN_TEMPLATES,
+        caption,
+        zero_shot_prompts,
+    )
+
+    assert not set(HELD_OUT_TEMPLATES) & set(TRAIN_TEMPLATES)
+    for template in HELD_OUT_TEMPLATES:  # no held-out wrapper text occurs in a training template
+        for part in filter(None, (p.strip(" .") for p in template.split("{}"))):
+            assert not any(part in t for t in TRAIN_TEMPLATES), part
+    prompts = {p for name in BINARY_ATTRIBUTES for pair in zero_shot_prompts(name) for p in pair}
+    assert len(prompts) == 2 * len(BINARY_ATTRIBUTES) * len(HELD_OUT_TEMPLATES)
+    params = sample_params(4000, torch.Generator().manual_seed(0))
+    rng = random.Random(0)
+    captions = {caption(describe(params, i), rng) for i in range(len(params))}
+    assert not prompts & captions
+
+
+# ------------------------------------------------------------------------ shipped assets
+#
+# The stored metrics were measured on large fresh samples; here each asset is re-measured on a
+# small fresh one (other seeds), which must meet the threshold up to its sampling
+# error: 3 standard errors of a proportion at the threshold.
+
+
+def _require_shipped(name):
+    from vmd_fast.zoo.assets import asset_paths
+
+    weights, meta = asset_paths(name)
+    if not (weights.exists() and meta.exists()):
+        pytest.skip(f"{name} is not shipped (python -m vmd_fast.zoo train {name})")
+    import vmd_fast.zoo as zoo
+
+    return zoo.load(name)
+
+
+def _sampling_margin(threshold: float, n: int) -> float:
+    return 3 * (threshold * (1 - threshold) / n) ** 0.5
+
+
+def _stored_metrics_meet_checks(module):
+    from vmd_fast.zoo.assets import failed_checks
+
+    info = module.zoo_info
+    assert not failed_checks(info["metrics"], {m: tuple(c) for m, c in info["checks"].items()})
+
+
+def test_shipped_generator_covers_every_attribute():
+    from vmd_fast.zoo.recipes import generator as recipe
+
+    G = _require_shipped("generator")
+    _stored_metrics_meet_checks(G)
+    n = 256
+    config = {**G.zoo_info["config"], "eval_seed": 7_001, "eval_n": n}
+    with torch.no_grad():
+        metrics = recipe.evaluate(G, config)
+    margin = _sampling_margin(0.1, n)
+    assert metrics["attribute_rate_min"] >= 0.10 - margin, metrics["attribute_rate"]
+    assert metrics["attribute_rate_max"] <= 0.90 + margin, metrics["attribute_rate"]
+
+
+def test_shipped_generator_is_deterministic():
+    G = _require_shipped("generator")
+    z = torch.randn(2, G.z_dim, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(G(z), G(z), rtol=0, atol=0)
+
+
+def test_shipped_editor_reconstructs_and_edits():
+    from vmd_fast.zoo.recipes import editor as recipe
+
+    E = _require_shipped("editor")
+    _stored_metrics_meet_checks(E)
+    assert E.attributes == list(recipe.EDITOR_ATTRIBUTES)
+    n = 96
+    config = {**E.zoo_info["config"], "eval_seed": 7_002, "eval_n": n, "batch_eval": 48}
+    with torch.no_grad():
+        metrics = recipe.evaluate(E, config)
+    assert metrics["reconstruction_psnr"] >= 25.0
+    assert metrics["edit_success_min"] >= 0.80 - _sampling_margin(0.8, n), metrics["edit_success"]
+
+
+def test_shipped_clip_zero_shot_on_held_out_prompts():
+    import open_clip
+
+    from vmd_fast.zoo.recipes import clip as recipe
+
+    model = _require_shipped("clip")
+    assert isinstance(model, open_clip.model.CLIP)
+    _stored_metrics_meet_checks(model)
+    n = 400
+    config = {**model.zoo_info["config"], "eval_seed": 7_003, "eval_n": n, "batch_eval": 200}
+    with torch.no_grad():
+        metrics = recipe.evaluate(model, config)
+    margin = _sampling_margin(0.85, n)
+    assert metrics["zero_shot_accuracy_min"] >= 0.85 - margin, metrics["zero_shot_accuracy"]

@@ -1,7 +1,8 @@
 r"""A small open_clip CLIP for 64x64 images, and its standard tokenizer.
 
-:func:`build_clip` returns a plain :class:`open_clip.model.CLIP` (a ViT vision tower and a
-causal text transformer, Radford et al. 2021) sized for the package's 64x64 synthetic faces,
+:func:`build_clip` returns a plain :class:`open_clip.model.CLIP` (CLIP's modified ResNet as the
+vision tower and a causal text transformer, Radford et al. 2021) sized for the package's
+64x64 synthetic faces,
 so every open_clip API (``encode_image``, ``encode_text``, ``logit_scale``, ``get_logits``)
 and every code path written for real open_clip checkpoints works on it unchanged.
 
@@ -9,6 +10,11 @@ and every code path written for real open_clip checkpoints works on it unchanged
 (vocabulary 49408, the BPE merges shipped inside open_clip, no download) with the standard
 context length 77, so the model's token embedding is the full ``(49408, text_width)``
 table. That table dominates the weights; ``text_width`` is kept small for that reason.
+
+**Vision tower.** open_clip's ``ModifiedResNet`` (three-convolution stem, anti-aliased
+bottleneck blocks, attention pooling) with narrow stages. A ViT trained from scratch on the
+renders collapsed to the uniform solution of the contrastive loss (all embeddings alike);
+the ResNet's batch normalisation keeps the image embeddings apart from the first step.
 
 **Images.** The package's CLIP is trained on pixels in [0, 1] without normalisation: its
 ``visual.preprocess_cfg`` says ``mean = (0, 0, 0)``, ``std = (1, 1, 1)``, ``size = 64``, and
@@ -21,6 +27,7 @@ real open_clip checkpoints calls ``model.encode_image(normalize_images(x, model)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,18 +46,18 @@ class CLIPConfig:
     Args:
         embed_dim: dimension of the joint image-text embedding.
         image_size: input resolution of the vision tower.
-        vision_width, vision_layers, vision_head_width, vision_patch_size: the ViT
-            (``CLIPVisionCfg``); 64x64 images with 8x8 patches give 64 tokens plus the class token.
+        vision_layers: bottleneck blocks in each of the four stages of the ``ModifiedResNet``.
+        vision_width: channels of its stem; stage ``i`` has ``width * 2**i`` planes (x4 out).
+        vision_head_width: channels per head of its attention pooling.
         text_width, text_layers, text_heads: the text transformer (``CLIPTextCfg``).
         context_length: tokens per caption (open_clip's standard 77).
     """
 
     embed_dim: int = 128
     image_size: int = 64
-    vision_width: int = 128
-    vision_layers: int = 4
-    vision_head_width: int = 32
-    vision_patch_size: int = 8
+    vision_layers: Sequence[int] = (1, 1, 1, 1)
+    vision_width: int = 16
+    vision_head_width: int = 64
     text_width: int = 96
     text_layers: int = 3
     text_heads: int = 3
@@ -68,10 +75,9 @@ def build_clip(config: CLIPConfig) -> CLIP:
         (torch.Size([2, 128]), torch.Size([2, 128]))
     """
     vision = CLIPVisionCfg(
-        layers=config.vision_layers,
+        layers=tuple(config.vision_layers),
         width=config.vision_width,
         head_width=config.vision_head_width,
-        patch_size=config.vision_patch_size,
         image_size=config.image_size,
     )
     text = CLIPTextCfg(

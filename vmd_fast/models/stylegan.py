@@ -19,11 +19,15 @@ Differences from StyleGAN2, and why:
 
 - no per-pixel noise inputs, so that an image is a deterministic function of its styles
   (ZOOM compares edits of the same styles and must not see noise as an attribute);
-- bilinear upsampling instead of the [1,3,3,1] FIR filter (``upfirdn2d``), which at 64x64
-  costs more than it brings;
-- :math:`z` is not normalised to the unit sphere: the package's generator is trained to
-  regress the procedural renderer (see :mod:`vmd_fast.zoo.recipes.generator`), where every
-  coordinate of :math:`z` carries one of the renderer's random choices, its norm included;
+- the convolutions that upsample read a nearest-neighbour 2x upsampled input (the 3x3
+  kernel then learns the interpolation) instead of the transposed convolution with the
+  [1,3,3,1] FIR filter (``upfirdn2d``); on a CPU budget this fits sharp edges faster. The
+  RGB skip path upsamples bilinearly;
+- :math:`z` is not normalised to the unit sphere but read through fixed features
+  (:class:`LatentFeatures`: :math:`\Phi(z)` and one-hot codes of declared discrete
+  coordinates): the package's generator regresses the procedural renderer (see
+  :mod:`vmd_fast.zoo.recipes.generator`), where every coordinate of :math:`z` carries one of
+  the renderer's random choices;
 - the modulated convolution uses the non-fused form (scale the input by the styles, one
   shared convolution, scale the output by the demodulation coefficients), which is the
   same function as the grouped-convolution form and faster on a CPU.
@@ -54,6 +58,9 @@ class GeneratorConfig:
         channels: feature channels per resolution from 4x4 upwards
             (``len(channels) == log2(resolution) - 1``).
         img_channels: channels of the output image.
+        latent_levels: per coordinate of :math:`z`, 0 for a continuous one or the number of
+            levels ``K >= 2`` of a discrete one (see :class:`LatentFeatures`); empty means
+            every coordinate is continuous.
     """
 
     z_dim: int = 64
@@ -63,6 +70,7 @@ class GeneratorConfig:
     resolution: int = 64
     channels: Sequence[int] = (256, 256, 128, 64, 32)
     img_channels: int = 3
+    latent_levels: Sequence[int] = ()
 
     def __post_init__(self):
         log2 = int(math.log2(self.resolution))
@@ -74,6 +82,14 @@ class GeneratorConfig:
                 f"got {len(self.channels)}"
             )
         self.channels = tuple(int(c) for c in self.channels)
+        self.latent_levels = tuple(int(k) for k in self.latent_levels)
+        if self.latent_levels and len(self.latent_levels) != self.z_dim:
+            raise ValueError(
+                f"latent_levels needs one entry per z coordinate ({self.z_dim}), "
+                f"got {len(self.latent_levels)}"
+            )
+        if any(k == 1 or k < 0 for k in self.latent_levels):
+            raise ValueError(f"latent_levels must be 0 (continuous) or >= 2, got {self.latent_levels}")
 
 
 class FullyConnectedLayer(nn.Module):
@@ -105,21 +121,72 @@ class FullyConnectedLayer(nn.Module):
         return x
 
 
-class MappingNetwork(nn.Module):
-    """The mapping MLP :math:`z \\mapsto w`: ``(N, z_dim) -> (N, w_dim)``."""
+def latent_to_uniform(z: torch.Tensor) -> torch.Tensor:
+    r"""The standard normal CDF :math:`\Phi` per coordinate, kept below 1: ``(N, D) -> (N, D)``.
 
-    def __init__(self, z_dim: int, w_dim: int, num_layers: int, lr_multiplier: float):
+    Maps :math:`z \sim \mathcal N(0, I)` onto :math:`U[0, 1)^D` (float32 rounds
+    :math:`\Phi(z)` to 1 for :math:`z > 5.4`; those values are moved just below 1).
+
+    Example:
+        >>> latent_to_uniform(torch.tensor([[0.0, -40.0, 40.0]]))
+        tensor([[0.5000, 0.0000, 1.0000]])
+        >>> bool(latent_to_uniform(torch.tensor([[40.0]])) < 1)
+        True
+    """
+    return torch.special.ndtr(z).clamp(max=1 - 2**-24)
+
+
+class LatentFeatures(nn.Module):
+    r"""Fixed, parameter-free input features of the mapping MLP: ``(N, z_dim) -> (N, F)``.
+
+    Every coordinate becomes :math:`2\Phi(z_i) - 1 \in (-1, 1)`; a coordinate with
+    :math:`K \ge 2` levels also contributes the one-hot code (as :math:`\pm 1`) of its level
+    :math:`\lfloor K\,\Phi(z_i) \rfloor`, so ``F = z_dim + sum(K)``. When :math:`z` drives
+    a procedural renderer whose binary and categorical choices are such levels, the MLP
+    reads each choice as one clean input instead of having to learn a sharp threshold on
+    :math:`z`, which a regression objective learns slowly.
+
+    Example:
+        >>> features = LatentFeatures([0, 2])
+        >>> features(torch.tensor([[0.0, -1.0]]))
+        tensor([[ 0.0000, -0.6827,  1.0000, -1.0000]])
+    """
+
+    def __init__(self, levels: Sequence[int]):
         super().__init__()
-        dims = [z_dim] + [w_dim] * num_layers
+        self.discrete = [(i, k) for i, k in enumerate(levels) if k >= 2]
+        self.out_features = len(levels) + sum(k for _, k in self.discrete)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = latent_to_uniform(z)
+        features = [u * 2 - 1]
+        for i, k in self.discrete:
+            level = (u[:, i] * k).long().clamp(max=k - 1)
+            features.append(F.one_hot(level, k).to(z.dtype) * 2 - 1)
+        return torch.cat(features, dim=1)
+
+
+class MappingNetwork(nn.Module):
+    """The mapping MLP :math:`z \\mapsto w`: ``(N, z_dim) -> (N, w_dim)``.
+
+    Its input is :class:`LatentFeatures` of :math:`z` (no learned parameters there).
+    """
+
+    def __init__(self, latent_levels: Sequence[int], w_dim: int, num_layers: int,
+                 lr_multiplier: float):
+        super().__init__()
+        self.features = LatentFeatures(latent_levels)
+        dims = [self.features.out_features] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
             FullyConnectedLayer(dims[i], dims[i + 1], activation=True, lr_multiplier=lr_multiplier)
             for i in range(num_layers)
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.features(z)
         for layer in self.layers:
-            z = layer(z)
-        return z
+            x = layer(x)
+        return x
 
 
 def modulated_conv2d(
@@ -140,7 +207,7 @@ def modulated_conv2d(
         weight: shared kernel, shape :math:`(C_{out}, C_{in}, k, k)`, k odd.
         styles: per-sample styles, shape :math:`(N, C_{in})`.
         demodulate: divide by the output channel's norm (False for toRGB).
-        up: upsample ``x`` by 2 (bilinear) before the convolution.
+        up: upsample ``x`` by 2 (nearest neighbour) before the convolution.
 
     Returns:
         shape :math:`(N, C_{out}, H', W')` with ``H' = 2H`` if ``up`` else ``H``.
@@ -150,7 +217,7 @@ def modulated_conv2d(
     assert weight.shape[1] == c_in, (weight.shape, x.shape)
     x = x * styles[:, :, None, None]
     if up:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
     x = F.conv2d(x, weight, padding=weight.shape[-1] // 2)
     if demodulate:
         # (N, C_out): sum over C_in and the kernel of (s_i w_ijk)^2.
@@ -310,7 +377,8 @@ class Generator(nn.Module):
         self.w_dim = config.w_dim
         self.img_resolution = config.resolution
         self.img_channels = config.img_channels
-        self.mapping = MappingNetwork(config.z_dim, config.w_dim, config.mapping_layers,
+        levels = config.latent_levels or (0,) * config.z_dim
+        self.mapping = MappingNetwork(levels, config.w_dim, config.mapping_layers,
                                       config.mapping_lr_multiplier)
         self.synthesis = SynthesisNetwork(config)
         named = self.synthesis.style_layers()
