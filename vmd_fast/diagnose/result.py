@@ -9,7 +9,8 @@ changes), and optionally one multi-attribute counterfactual per image.
 ``save(dir)`` writes ``result.json`` (everything but the tensors), ``sensitivity.csv``,
 ``histogram.png``, ``counterfactuals.png``, ``index.html`` (self-contained, images
 inlined) and ``tensors.safetensors``; ``DiagnosisResult.load(dir)`` reads them back
-(JSON and safetensors only: nothing is unpickled).
+(JSON and safetensors only: nothing is unpickled). :func:`write_comparison` puts two
+results side by side on one page (before / after training, SIA vs ZOOM).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -283,3 +284,134 @@ SDAR {result.sdar:.4f}; most sensitive: <b>{esc(result.ranking()[0])}</b>.</p>
 """
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write(page)
+
+
+COMPARISON_COLOURS = ("#4c72b0", "#dd8452")
+
+
+def _plot_comparison(results, labels, path: str) -> List[str]:
+    """Grouped sensitivity bars of two results over the union of their attributes
+    (ordered by the first result's ranking, then the second's); returns that order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = list(results[0].ranking()) + [a for a in results[1].ranking() if a not in results[0].attributes]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * len(order) + 2.0), 3.4), dpi=120)
+    width = 0.4
+    for k, (result, label, colour) in enumerate(zip(results, labels, COMPARISON_COLOURS)):
+        sens, sem = result.sensitivity, result.sensitivity_sem
+        xs = [i + (k - 0.5) * width for i, a in enumerate(order) if a in sens]
+        ax.bar(xs, [sens[a] for a in order if a in sens], width=width, yerr=[sem[a] for a in order if a in sens],
+               capsize=2, color=colour, label=f"{label}: {result.method.upper()} of {result.target}")
+    ax.set_xticks(range(len(order)))
+    ax.set_xticklabels(order, rotation=45, ha="right")
+    ax.set_ylabel("sensitivity  E|f(x) - f(x̂)|")
+    ax.legend(fontsize=8)
+    ax.set_title("sensitivity of both runs (bars: s.e.m. over images)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return order
+
+
+def write_comparison(first: DiagnosisResult, second: DiagnosisResult, directory: str,
+                     labels: Sequence[str] = ("A", "B")) -> str:
+    """A side-by-side report of two diagnoses (before / after training, SIA vs ZOOM, ...).
+
+    Writes into ``directory``: ``comparison.png`` (grouped sensitivity bars),
+    ``comparison.csv`` (per attribute: sensitivity, s.e.m. and flip rate of each run),
+    ``comparison.json`` and a self-contained ``index.html`` (images inlined) with both
+    runs' bars, flip rates, summary figures, histograms and configurations.
+
+    Args:
+        first, second: the two results; their attributes may differ (a missing one is
+            shown as ``-``).
+        directory: created if needed.
+        labels: names of the two runs on the page.
+
+    Returns:
+        the path of ``index.html``.
+    """
+    labels = [str(label) for label in labels]
+    if len(labels) != 2:
+        raise ValueError(f"labels must name the two runs, got {labels!r}")
+    os.makedirs(directory, exist_ok=True)
+    results = (first, second)
+    bars = os.path.join(directory, "comparison.png")
+    order = _plot_comparison(results, labels, bars)
+    histograms = []
+    for result, label in zip(results, labels):
+        path = os.path.join(directory, f"histogram_{len(histograms)}.png")
+        _plot_histogram(result, path)
+        histograms.append(path)
+
+    def cell(values: Dict[str, float], name: str, fmt: str) -> str:
+        return format(values[name], fmt) if name in values else "-"
+
+    per_attribute = []
+    for name in order:
+        entry = {"attribute": name}
+        for label, result in zip(labels, results):
+            for key, values in (("sensitivity", result.sensitivity), ("sem", result.sensitivity_sem),
+                                ("flip_rate", result.flip_rates)):
+                entry[f"{label}.{key}"] = values.get(name)
+        per_attribute.append(entry)
+    with open(os.path.join(directory, "comparison.csv"), "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(per_attribute[0]))
+        for entry in per_attribute:
+            writer.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in entry.values()])
+    record = {"labels": labels, "runs": [r.summary() for r in results], "configs": [r.config for r in results],
+              "attributes": per_attribute}
+    with open(os.path.join(directory, "comparison.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2)
+
+    esc = html.escape
+    head = "".join(f'<th colspan="3" style="color:{c}">{esc(l)}</th>' for l, c in zip(labels, COMPARISON_COLOURS))
+    sub = "<th>sensitivity</th><th>s.e.m.</th><th>flip rate</th>" * 2
+    rows = "".join(
+        f"<tr><td>{esc(name)}</td>" + "".join(
+            f"<td>{cell(r.sensitivity, name, '.4f')}</td><td>{cell(r.sensitivity_sem, name, '.4f')}</td>"
+            f"<td>{cell(r.flip_rates, name, '.3f')}</td>" for r in results) + "</tr>"
+        for name in order
+    )
+    summary_rows = "".join(
+        f"<tr><td>{esc(title)}</td>" + "".join(f"<td>{esc(value(r))}</td>" for r in results) + "</tr>"
+        for title, value in (
+            ("method", lambda r: r.method.upper()), ("target", lambda r: r.target), ("task", lambda r: r.task),
+            ("images", lambda r: str(r.n_images)), ("most sensitive", lambda r: r.ranking()[0]),
+            ("SDAR", lambda r: f"{r.sdar:.4f}"),
+            ("multi-attribute flip rate", lambda r: "-" if r.multi_flip_rate is None else f"{r.multi_flip_rate:.3f}"),
+        )
+    )
+    columns = "".join(
+        f'<div class="run"><h3 style="color:{c}">{esc(l)}</h3>'
+        f'<img alt="sensitivity histogram of {esc(l)}" src="{_inline_png(h)}">'
+        f"<h4>Other measurements</h4><pre>{esc(json.dumps(r.metrics, indent=2))}</pre>"
+        f"<h4>Configuration</h4><pre>{esc(json.dumps(r.config, indent=2))}</pre></div>"
+        for r, l, c, h in zip(results, labels, COMPARISON_COLOURS, histograms)
+    )
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Comparison: {esc(labels[0])} vs {esc(labels[1])}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+td:first-child{{text-align:left}}img{{max-width:100%}}.runs{{display:flex;gap:2em}}.run{{flex:1;min-width:0}}
+pre{{white-space:pre-wrap;font-size:85%}}</style></head>
+<body>
+<h1>{esc(labels[0])} vs {esc(labels[1])}</h1>
+<table><tr><th></th><th style="color:{COMPARISON_COLOURS[0]}">{esc(labels[0])}</th>
+<th style="color:{COMPARISON_COLOURS[1]}">{esc(labels[1])}</th></tr>{summary_rows}</table>
+<h2>Sensitivity</h2>
+<img id="comparison" alt="sensitivity of both runs" src="{_inline_png(bars)}">
+<table><tr><th rowspan="2">attribute</th>{head}</tr><tr>{sub}</tr>{rows}</table>
+<h2>Each run</h2>
+<div class="runs">{columns}</div>
+</body></html>
+"""
+    path = os.path.join(directory, "index.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(page)
+    return path
