@@ -4,7 +4,8 @@
 # needed to compile them). Re-running it only rebuilds what changed.
 #
 # Environment: VMD_FAST_VENV (default .venv), PYTHON (default python3.11), VMD_FAST_CUDA
-# (0: CPU-only build, 1: require CUDA), CUDA_HOME, TORCH_CUDA_ARCH_LIST, MAX_JOBS.
+# (0: CPU-only build, 1: require CUDA), CUDA_HOME, TORCH_CUDA_ARCH_LIST, MAX_JOBS,
+# VMD_FAST_SKIP_CHROMIUM=1 (do not try to install Debian's chromium as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,5 +51,15 @@ if ! python setup.py build_ext --inplace > build/setup.log 2>&1; then
 fi
 if ! python -c "import importlib.metadata as m; m.version('vmd_fast')" 2>/dev/null; then
   VMD_FAST_SKIP_EXT=1 quiet_pip --no-build-isolation --no-deps -e .
+fi
+# The report test screenshots pages in headless Chromium. Install Debian's chromium when this
+# runs as root with apt-get; any failure (no network to the mirrors) only makes that test skip.
+if [ "${VMD_FAST_SKIP_CHROMIUM:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \
+   && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  echo "vmd_fast: installing Debian's chromium for the report screenshot test (optional)"
+  apt_install() { DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y --no-install-recommends chromium; }
+  if ! { apt_install || { timeout 300 apt-get update && apt_install; }; } > build/chromium-install.log 2>&1; then
+    echo "vmd_fast: chromium was not installed (build/chromium-install.log); the screenshot test will skip"
+  fi
 fi
 python -c "import vmd_fast.ops as o; print(f'vmd_fast: ready (compiled kernels: {o.has_compiled_ops()}, CUDA kernels: {o.has_cuda_kernels()})')"
