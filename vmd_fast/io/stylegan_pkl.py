@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import collections
 import io
-import logging
 import math
 import os
 import pickle
@@ -69,8 +68,6 @@ from vmd_fast.models.stylegan import (
     SynthesisLayer,
     ToRGBLayer,
 )
-
-logger = logging.getLogger(__name__)
 
 NOISE_MODES = ("const", "none")
 
