@@ -3,7 +3,8 @@
 Submodules: ``ops`` (the fused kernels), ``diagnose`` (target adapters, metrics, results),
 ``zoom``, ``sia``, ``attacks`` (FGSM/PGD), ``train`` (counterfactual and adversarial
 training), ``domains`` (the synthetic face world), ``zoo`` (the models shipped with the
-package), ``models``, ``cli``. The heavier ones load on first use (``vmd_fast.zoom``).
+package), ``models``, ``io`` (loading real checkpoints from local files), ``cli``. The
+heavier ones load on first use (``vmd_fast.zoom``).
 """
 
 import importlib
@@ -13,7 +14,7 @@ __version__ = "0.1.0"
 from vmd_fast import ops  # noqa: E402  (loads the compiled kernels once)
 from vmd_fast import diagnose  # noqa: E402
 
-_LAZY = ("zoom", "sia", "attacks", "train", "domains", "zoo", "models", "cli", "bench")
+_LAZY = ("zoom", "sia", "attacks", "train", "domains", "zoo", "models", "cli", "bench", "io")
 
 __all__ = ["diagnose", "ops", "__version__", *_LAZY]
 
