@@ -79,3 +79,22 @@ def test_adversarial_training_rejects_bad_settings(colour_world):
         train.adversarial(SmallClassifier(), data, attack="cw")
     with pytest.raises(ValueError, match="needs \\(image, label, attributes\\)"):
         train.adversarial(SmallClassifier(), data, attack="sia", editor=ColourEditor(), epochs=1, progress=False)
+
+
+def test_sia_adversarial_training_protects_the_targets_own_attribute(colour_world, monkeypatch):
+    from vmd_fast import sia
+
+    _, _, _, data = colour_world
+    x, y = data.tensors
+    items = TensorDataset(x, y, torch.full((len(y), 3), 0.5))
+    seen, real = [], sia.attack
+    monkeypatch.setattr(sia, "attack", lambda *args, **kw: seen.append(kw.get("protect")) or real(*args, **kw))
+    model = SmallClassifier()
+    model.label = "redness"  # an attribute the editor edits: adversaries must keep it
+    train.adversarial(model, items, attack="sia", editor=ColourEditor(), epochs=1, batch_size=16, attack_steps=2,
+                      progress=False)
+    assert seen and all(p == ("redness",) for p in seen)
+    seen.clear()
+    train.adversarial(SmallClassifier(), items, attack="sia", editor=ColourEditor(), epochs=1, batch_size=16,
+                      attack_steps=2, progress=False)
+    assert seen and all(p == () for p in seen)

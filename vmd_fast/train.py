@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vmd_fast import attacks, ops, sia, zoom
-from vmd_fast.diagnose.targets import adapter_for
+from vmd_fast.diagnose.targets import adapter_for, target_label
 
 
 @dataclass
@@ -267,12 +267,18 @@ def adversarial(
     progress: bool = True,
     eps_x: float = 1.5 / 255,
     step: float = 0.25 / 255,
+    protect: Optional[Sequence[str]] = None,
     **overrides,
 ):
     """Adversarial fine-tuning with SIA, PGD or SPT examples of each real batch (thesis 2.4.5).
 
     ``train_data`` yields ``(image, label)`` (PGD) or ``(image, label, attributes)``
     (SIA and SPT need the editor's attributes of each image).
+
+    ``protect``: editor attributes SIA and SPT must hold near their start; default: the
+    target's own label when the editor has it (as :func:`vmd_fast.sia.diagnose` does),
+    since an adversary that removes the eyeglasses an eyeglasses classifier sees would be
+    trained on with the label it no longer has.
 
     Returns:
         ``(model, History)``.
@@ -287,6 +293,10 @@ def adversarial(
         from vmd_fast import zoo
 
         editor = zoo.load("editor", device=device)
+    if protect is None:
+        label = target_label(model)
+        protect = (label,) if attack != "pgd" and label in (getattr(editor, "attributes", None) or ()) else ()
+    protect = tuple(protect)
 
     def make_generated(current, x, y, a, seed):
         current.eval()
@@ -298,9 +308,10 @@ def adversarial(
             if a is None:
                 raise ValueError(f"attack={attack!r} needs (image, label, attributes) items in train_data")
             if attack == "sia":
-                adv = sia.attack(current, x, a, editor=editor, steps=cfg.attack_steps, eps_x=eps_x, step=step).adversarial
+                adv = sia.attack(current, x, a, editor=editor, steps=cfg.attack_steps, eps_x=eps_x, step=step,
+                                 protect=protect).adversarial
             else:
-                adv = sia.spt_attack(current, x, a, editor=editor, steps=cfg.attack_steps).adversarial
+                adv = sia.spt_attack(current, x, a, editor=editor, steps=cfg.attack_steps, protect=protect).adversarial
         current.requires_grad_(True)
         return adv.detach(), y
 
@@ -308,5 +319,7 @@ def adversarial(
         return {"accuracy": accuracy(current, eval_data, device=device)} if eval_data is not None else {}
 
     run_config = {"method": "adversarial", "attack": attack, "eps_x": eps_x, "step": step, **asdict(cfg)}
+    if protect:  # only when set, so that checkpoints of runs that protect nothing still resume
+        run_config["protect"] = list(protect)
     return _fit(model, train_data, cfg, make_generated, evaluate, checkpoint, device, progress,
                 f"{attack}-adversarial training", run_config)
