@@ -1,0 +1,96 @@
+"""The experiment scripts end to end at their small size, on the tests' toy generator, CLIP
+and editor (the zoo's generative assets are swapped for them) and the zoo's real targets.
+
+Each test checks the files a script writes and that its verdict follows from its numbers.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the experiments/ package lives at the root
+
+from experiments import common  # noqa: E402
+from test_zoom import ColourCLIP, ColourGenerator, colour_tokenizer  # noqa: E402
+from vmd_fast.domains.faces import EDITOR_ATTRIBUTES  # noqa: E402
+
+zoo_assets = common.load_assets
+
+
+class FaceColourEditor(nn.Module):
+    """G(x, a) = x + (a - 0.5) W: each world attribute shifts the colours (a known editor)."""
+
+    attributes = list(EDITOR_ATTRIBUTES)
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("W", torch.randn(len(self.attributes), 3, generator=torch.Generator().manual_seed(3)) * 0.2)
+
+    def encode(self, x):
+        return x
+
+    def decode(self, h, a):
+        return (h + ((a - 0.5) @ self.W)[:, :, None, None]).clamp(0, 1)
+
+
+def toy_assets(names, assets_dir=None, device="cpu"):
+    """The zoo's targets as they are; the generator, CLIP and editor of the toy worlds."""
+    clip = ColourCLIP()
+    clip.tokenizer = colour_tokenizer
+    toys = {"generator": ColourGenerator(), "clip": clip, "editor": FaceColourEditor()}
+    real = [n for n in names if n not in toys]
+    loaded = zoo_assets(real, None, device) if real else {}
+    return {n: toys[n] if n in toys else loaded[n] for n in names}
+
+
+@pytest.fixture
+def toy_world(monkeypatch):
+    monkeypatch.setattr(common, "load_assets", toy_assets)
+
+
+def _run(module, tmp_path, *extra):
+    out = tmp_path / module.NAME
+    assert module.main(["--size", "small", "--out", str(out), "--no-progress", *extra]) == 0
+    record = json.loads((out / "results.json").read_text())
+    markdown = (out / "results.md").read_text()
+    assert record["experiment"] == module.NAME and record["size"] == "small"
+    assert record["wall_seconds"] > 0 and record["environment"]["torch"] == torch.__version__
+    assert record["relations"], "every experiment states its relation"
+    for relation in record["relations"]:
+        verdict = "holds" if relation["holds"] else "does not hold"
+        assert f"**Relation {verdict}**: {relation['statement']}" in markdown
+    assert markdown.count("|---|") >= 1
+    return record, markdown
+
+
+def test_missing_assets_are_named_in_one_line(tmp_path, capsys):
+    from experiments import table_3_3_counterfactual_training as script
+
+    code = script.main(["--size", "small", "--out", str(tmp_path / "x"), "--assets", str(tmp_path)])
+    message = capsys.readouterr().out.strip()
+    if code == 0:
+        pytest.skip("the generative assets are installed in the package")
+    assert code == 2 and "\n" not in message and "missing zoo assets:" in message
+    assert "generator" in message and "clip" in message and "smile_classifier" not in message.split("(")[0]
+    assert not (tmp_path / "x" / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
+    from experiments import table_3_3_counterfactual_training as script
+
+    record, markdown = _run(script, tmp_path)
+    models = record["measurements"]["models"]
+    assert set(models) == {"regular", "CT"}
+    for row in models.values():
+        assert {"accuracy", "single_FR-25", "single_FR-100", "multi_FR-25", "multi_FR-100"} <= set(row)
+        assert all(0 <= v <= 1 for v in row.values())
+    gain = [models["CT"][f"multi_FR-{k}"] - models["regular"][f"multi_FR-{k}"] for k in (25, 100)]
+    accuracy_change = abs(models["CT"]["accuracy"] - models["regular"]["accuracy"])
+    expected = min(gain) >= script.FR_MARGIN and accuracy_change <= script.ACCURACY_TOLERANCE
+    assert record["relations"][0]["holds"] == expected
+    assert f"{100 * models['regular']['accuracy']:.2f}" in markdown
