@@ -57,8 +57,9 @@ fi
 if [ "${VMD_FAST_SKIP_CHROMIUM:-0}" != "1" ] && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1 \
    && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
   echo "vmd_fast: installing Debian's chromium for the report screenshot test (optional)"
-  apt_install() { DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y --no-install-recommends chromium; }
-  if ! { apt_install || { timeout 300 apt-get update && apt_install; }; } > build/chromium-install.log 2>&1; then
+  mkdir -p build
+  apt_install() { DEBIAN_FRONTEND=noninteractive timeout 240 apt-get install -y --no-install-recommends chromium; }
+  if ! { apt_install || { timeout 120 apt-get update && apt_install; }; } > build/chromium-install.log 2>&1; then
     echo "vmd_fast: chromium was not installed (build/chromium-install.log); the screenshot test will skip"
   fi
 fi
