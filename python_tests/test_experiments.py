@@ -94,3 +94,20 @@ def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
     expected = min(gain) >= script.FR_MARGIN and accuracy_change <= script.ACCURACY_TOLERANCE
     assert record["relations"][0]["holds"] == expected
     assert f"{100 * models['regular']['accuracy']:.2f}" in markdown
+
+
+@pytest.mark.slow
+def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_path):
+    from experiments import table_2_7_2_8_sia_adversarial as script
+
+    record, markdown = _run(script, tmp_path)
+    models = record["measurements"]["models"]
+    assert list(models) == ["Non-Adv", "PGD-Adv", "SPT-Adv", "SIA-Adv"]
+    for row in models.values():
+        assert {"clean", "FGSM 1.5/255", "PGD 1.5/255", "SIA 1.5/255", "SDAR 1.5/255"} <= set(row)
+        assert "eyeglasses" not in row["sensitivity 1.5/255"] and len(row["sensitivity 1.5/255"]) == 11
+        assert row["SDAR 1.5/255"] >= 0
+    regular, adv = models["Non-Adv"], models["SIA-Adv"]
+    expected = adv["SIA 1.5/255"] > regular["SIA 1.5/255"] and adv["SDAR 1.5/255"] < regular["SDAR 1.5/255"]
+    assert record["relations"][0]["holds"] == expected
+    assert "Table 2.7" in markdown and "Table 2.8" in markdown
