@@ -111,3 +111,35 @@ def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_pat
     expected = adv["SIA 1.5/255"] > regular["SIA 1.5/255"] and adv["SDAR 1.5/255"] < regular["SDAR 1.5/255"]
     assert record["relations"][0]["holds"] == expected
     assert "Table 2.7" in markdown and "Table 2.8" in markdown
+
+
+@pytest.mark.slow
+def test_table_2_9_compares_every_strategy_on_a_balanced_set(toy_world, tmp_path):
+    from experiments import table_2_9_imbalanced as script
+
+    record, markdown = _run(script, tmp_path)
+    scores = record["measurements"]["strategies"]
+    assert tuple(scores) == script.STRATEGIES
+    assert 0 < record["measurements"]["n_positive"] < 0.05 * record["measurements"]["n_train"]
+    assert record["measurements"]["n_adversaries"] == 2 * record["measurements"]["n_positive"]
+    for row in scores.values():
+        assert 0 <= row["accuracy"] <= 1 and (row["recall"] is None or 0 <= row["recall"] <= 1)
+    expected = all(scores["SIA"]["recall"] > scores[k]["recall"]
+                   for k in ("none", "reweighting", "resampling", "CutMix", "AutoAugment"))
+    assert record["relations"][0]["holds"] == expected
+    for name in script.STRATEGIES:
+        assert f"| {name} |" in markdown
+
+
+def test_cutmix_keeps_the_positive_share_as_the_label():
+    from experiments import table_2_9_imbalanced as script
+
+    x, y = torch.rand(8, 3, 16, 16), torch.tensor([1.0, 0.0] * 4)
+    mixed, soft = None, None
+    apply = script.cutmix_transform(seed=0)
+    for _ in range(10):  # applied with probability 0.5
+        mixed, soft = apply(x, y)
+        if not torch.equal(mixed, x):
+            break
+    assert soft.shape == (8,) and ((soft >= 0) & (soft <= 1)).all()
+    assert not torch.equal(soft, y), "a mixed batch gets mixed labels"
