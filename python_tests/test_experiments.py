@@ -143,3 +143,25 @@ def test_cutmix_keeps_the_positive_share_as_the_label():
             break
     assert soft.shape == (8,) and ((soft >= 0) & (soft <= 1)).all()
     assert not torch.equal(soft, y), "a mixed batch gets mixed labels"
+
+
+@pytest.mark.slow
+def test_planted_bias_ct_reports_sensitivity_and_group_accuracies(toy_world, tmp_path):
+    from experiments import planted_bias_ct as script
+
+    record, markdown = _run(script, tmp_path)
+    models = record["measurements"]["models"]
+    assert list(models) == ["biased", "fine-tuned, no counterfactuals", "CT"]
+    assert record["measurements"]["bias"]["spurious"] == "hat"
+    for row in models.values():
+        assert "smiling" not in row["zoom_sensitivity"] and "hat" in row["zoom_sensitivity"]
+        assert 1 <= row["zoom_rank"] <= len(row["zoom_sensitivity"])
+        groups = [row[f"label={l},spurious={s}"] for l in (0, 1) for s in (0, 1)]
+        assert row["worst_group_accuracy"] == min(groups)
+    # The zoo's biased smile classifier reads the hat: its worst group is nearly always wrong.
+    assert models["biased"]["worst_group_accuracy"] < 0.2 and models["biased"]["renderer_flip_rate"] > 0.8
+    before, after = models["biased"], models["CT"]
+    expected = (after["zoom_sensitivity"]["hat"] < before["zoom_sensitivity"]["hat"]
+                and after["worst_group_accuracy"] > before["worst_group_accuracy"])
+    assert record["relations"][0]["holds"] == expected
+    assert "worst-group accuracy" in markdown
