@@ -79,7 +79,6 @@ def test_missing_assets_are_named_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "x" / "results.json").exists()
 
 
-@pytest.mark.slow
 def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
     from experiments import table_3_3_counterfactual_training as script
 
@@ -96,7 +95,6 @@ def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
     assert f"{100 * models['regular']['accuracy']:.2f}" in markdown
 
 
-@pytest.mark.slow
 def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_path):
     from experiments import table_2_7_2_8_sia_adversarial as script
 
@@ -113,7 +111,6 @@ def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_pat
     assert "Table 2.7" in markdown and "Table 2.8" in markdown
 
 
-@pytest.mark.slow
 def test_table_2_9_compares_every_strategy_on_a_balanced_set(toy_world, tmp_path):
     from experiments import table_2_9_imbalanced as script
 
@@ -145,7 +142,6 @@ def test_cutmix_keeps_the_positive_share_as_the_label():
     assert not torch.equal(soft, y), "a mixed batch gets mixed labels"
 
 
-@pytest.mark.slow
 def test_planted_bias_ct_reports_sensitivity_and_group_accuracies(toy_world, tmp_path):
     from experiments import planted_bias_ct as script
 
@@ -165,3 +161,24 @@ def test_planted_bias_ct_reports_sensitivity_and_group_accuracies(toy_world, tmp
                 and after["worst_group_accuracy"] > before["worst_group_accuracy"])
     assert record["relations"][0]["holds"] == expected
     assert "worst-group accuracy" in markdown
+
+
+def test_run_all_collects_the_tables_and_names_missing_assets(toy_world, tmp_path, monkeypatch):
+    from experiments import run_all
+
+    def no_editor(names, assets_dir=None, device="cpu"):
+        if "editor" in names:
+            raise common.MissingAssets("missing zoo assets: editor (looked in 'nowhere')")
+        return toy_assets(names, assets_dir, device)
+
+    monkeypatch.setattr(common, "load_assets", no_editor)
+    doc = tmp_path / "experiments.md"
+    assert run_all.main(["--size", "small", "--out", str(tmp_path / "out"), "--doc", str(doc), "--no-progress",
+                         "--only", "table_3_3_counterfactual_training", "table_2_9_imbalanced"]) == 0
+    page = doc.read_text()
+    record = json.loads((tmp_path / "out" / "table_3_3_counterfactual_training" / "results.json").read_text())
+    verdict = "holds" if record["relations"][0]["holds"] else "does not hold"
+    assert f"| `table_3_3_counterfactual_training` | {verdict} |" in page
+    assert "| `table_2_9_imbalanced` | not run |" in page and "missing zoo assets: editor" in page
+    assert common.environment()["cpu"] in page and torch.__version__ in page
+    assert "### Table 3.3: counterfactual training" in page
