@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vmd_fast import ops
+from vmd_fast import distributed, ops
 from vmd_fast.diagnose.result import DiagnosisResult
 from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
 
@@ -117,16 +117,32 @@ class RelevanceConfig:
 
 
 def style_statistics(G: nn.Module, n: int = 2000, seed: int = 0, batch_size: int = 500) -> Dict[str, torch.Tensor]:
-    """Mean and std of every style channel over ``n`` samples: ``{"mean": (C,), "std": (C,)}``."""
+    """Mean and std of every style channel over ``n`` samples: ``{"mean": (C,), "std": (C,)}``.
+
+    Streamed: each batch's mean and sum of squared deviations are merged into running
+    ones (Chan et al.'s pairwise update, in float64), so the memory is one batch of
+    ``(batch_size, C)`` styles whatever ``n`` (an FFHQ-1024 style space has ~9,000 channels).
+    """
+    if not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (a std needs two samples), got {n!r}")
     device = _module_device(G)
     gen = torch.Generator().manual_seed(seed)
-    flats = []
+    count, mean, m2 = 0, None, None
     with torch.no_grad():
         for start in range(0, n, batch_size):
             z = torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device)
-            flats.append(G.flatten_styles(G.mapping_to_styles(z)).double())
-    flat = torch.cat(flats)
-    return {"mean": flat.mean(0).float(), "std": flat.std(0).float()}
+            flat = G.flatten_styles(G.mapping_to_styles(z)).double()  # (B, C)
+            b_mean = flat.mean(0)
+            b_m2 = (flat - b_mean).square().sum(0)
+            if mean is None:
+                count, mean, m2 = flat.shape[0], b_mean, b_m2
+                continue
+            total = count + flat.shape[0]
+            delta = b_mean - mean
+            mean = mean + delta * (flat.shape[0] / total)
+            m2 = m2 + b_m2 + delta.square() * (count * flat.shape[0] / total)
+            count = total
+    return {"mean": mean.float(), "std": (m2 / (count - 1)).sqrt().float()}
 
 
 def _relevance_cache_path(cache_dir: str, G, clip, config: RelevanceConfig) -> str:
@@ -147,7 +163,9 @@ def relevance_matrix(
     ``G(s +- strength sigma_c 1_c)`` are embedded by CLIP and the normalised difference is
     accumulated into row c (:func:`vmd_fast.ops.relevance_accumulate`, sparse form);
     rows are normalised at the end. Streamed over batches of ``batch_size`` edits, so the
-    memory is bounded whatever the number of channels.
+    memory is bounded whatever the number of channels. Under ``torchrun`` the batches of
+    probes are split between the ranks and ``M`` is summed over them (the same matrix up
+    to the float32 rounding of that sum); rank 0 writes the cache.
 
     Args:
         G: the style generator (``mapping_to_styles``, ``synthesize``, ``flatten_styles``,
@@ -178,8 +196,10 @@ def relevance_matrix(
         M = torch.zeros(channels, dim, device=device)
         pairs = cfg.n_images * channels  # (image, channel) probes, channel-major within an image
         per_batch = max(1, cfg.batch_size // 2)
-        bar = tqdm(total=pairs, desc="relevance matrix", unit="probe", disable=not progress)
-        for start in range(0, pairs, per_batch):
+        mine = distributed.shard(-(-pairs // per_batch))
+        bar = tqdm(total=max(0, min(pairs, mine.stop * per_batch) - mine.start * per_batch), desc="relevance matrix",
+                   unit="probe", disable=not (progress and distributed.is_main()))
+        for start in (k * per_batch for k in mine):
             idx = torch.arange(start, min(start + per_batch, pairs), device=device)
             image, channel = idx // channels, idx % channels
             shift = cfg.strength * stats["std"].to(device)[channel]
@@ -192,8 +212,10 @@ def relevance_matrix(
             ops.relevance_accumulate(M, torch.ones(idx.numel(), device=device), delta, channel_index=channel)
             bar.update(idx.numel())
         bar.close()
+        if distributed.is_distributed():
+            torch.distributed.all_reduce(M)
         result = {"M": ops.normalize_relevance(M), "mean": stats["mean"].to(device), "std": stats["std"].to(device)}
-    if path:
+    if path and distributed.is_main():
         os.makedirs(cache_dir, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in result.items()}, path)
         log.info("relevance matrix cached in %s", path)
@@ -498,7 +520,8 @@ def diagnose(
         relevance: a precomputed ``relevance_matrix(...)``; default: computed (and cached
             in ``cache_dir``).
         checkpoint: a directory for the checkpoint; an interrupted run given the same
-            directory resumes where it stopped and gives the same result.
+            directory resumes where it stopped and gives the same result (under
+            ``torchrun``, each rank keeps its own ``rank-R-of-W`` subdirectory).
         device: where to run (default: the generator's device, or CUDA when available and
             the models are loaded here).
 
@@ -506,6 +529,11 @@ def diagnose(
         :class:`~vmd_fast.diagnose.DiagnosisResult` (``method="zoom"``): per-image,
         per-attribute changes and flips, the counterfactuals, ``codes`` = the final w_i,
         the multi-attribute counterfactuals, and ``metrics`` with FR-k.
+
+    When :mod:`torch.distributed` is initialised (``torchrun``), each rank searches one
+    contiguous block of the batches of images (:func:`vmd_fast.distributed.shard`) with
+    the latents and per-batch seeds a single process would use, and the per-image rows
+    are gathered in image order: every rank returns the single-process result.
     """
     cfg = config or ZoomConfig()
     if overrides:
@@ -546,17 +574,21 @@ def diagnose(
         "target": _model_checksum(model), "G": _model_checksum(generator), "clip": _model_checksum(clip),
         "attributes": attributes, "n_images": n_images, "config": asdict(cfg),
     }, sort_keys=True, default=str).encode()).hexdigest()
+    if checkpoint and distributed.is_distributed():
+        checkpoint = os.path.join(checkpoint, f"rank-{distributed.get_rank()}-of-{distributed.get_world_size()}")
     store = _Checkpoint(checkpoint, key)
     meta, saved = store.load()
     done = {k: v for k, v in saved.items() if not k.startswith(("search.", "partial."))}
     first_batch = meta.get("batches_done", 0) if meta else 0
     use_graph = cfg.cuda_graph and device.type == "cuda"
     batches = list(range(0, n_images, images_per_batch))
+    mine = list(distributed.shard(len(batches)))  # this rank's global batch indices
     adapter = target if isinstance(target, TargetAdapter) else adapter_for(target)
 
-    bar = tqdm(total=len(batches) * cfg.steps * (2 if cfg.multi else 1), desc="ZOOM", unit="step", disable=not progress,
-               initial=first_batch * cfg.steps * (2 if cfg.multi else 1))
-    for b in range(first_batch, len(batches)):
+    bar = tqdm(total=len(mine) * cfg.steps * (2 if cfg.multi else 1), desc="ZOOM", unit="step",
+               disable=not (progress and distributed.is_main()), initial=first_batch * cfg.steps * (2 if cfg.multi else 1))
+    for j in range(first_batch, len(mine)):
+        b = mine[j]  # the global batch index seeds the batch, as in a single process
         start = batches[b]
         z = z_all[start : start + images_per_batch].to(device)
         n = z.shape[0]
@@ -571,7 +603,7 @@ def diagnose(
         if cfg.multi:
             modes.append(("multi", ref, s0, ds[None].expand(n, n_attr, ds.shape[1]), orig_logits))
         outputs: Dict[str, Dict[str, torch.Tensor]] = {}
-        resume = meta if meta and meta.get("batch") == b else None
+        resume = meta if meta and meta.get("batch") == j else None
         for mode, mode_ref, mode_s0, basis, logits in modes:
             if resume and mode in resume.get("finished_modes", []):
                 outputs[mode] = {k: saved[f"partial.{mode}.{k}"].to(device) for k in _SEARCH_OUTPUTS}
@@ -589,7 +621,7 @@ def diagnose(
                 bar.update(stop - chunk)
                 if stop < cfg.steps:
                     partial = {f"partial.{m}.{k}": v for m, out in outputs.items() for k, v in out.items()}
-                    store.save({"batches_done": b, "batch": b, "mode": mode, "step": stop, "finished_modes": list(outputs)},
+                    store.save({"batches_done": j, "batch": j, "mode": mode, "step": stop, "finished_modes": list(outputs)},
                                {**done, **partial, "search.w": search.w, "search.first_flip": search.first_flip})
             x_hat, change, flipped, first = search.finish()
             outputs[mode] = dict(zip(_SEARCH_OUTPUTS, (x_hat, change, flipped.to(torch.uint8), first, search.w.detach().clone())))
@@ -605,8 +637,9 @@ def diagnose(
         for k, v in batch_tensors.items():
             v = v.detach().cpu()
             done[k] = torch.cat([done[k], v]) if k in done else v
-        store.save({"batches_done": b + 1}, done)
+        store.save({"batches_done": j + 1}, done)
     bar.close()
+    done = distributed.gather_rows(done)
 
     flip_metrics = {}
     for k in cfg.flip_steps:
