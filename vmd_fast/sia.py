@@ -28,7 +28,7 @@ from torch import nn
 
 from tqdm.auto import tqdm
 
-from vmd_fast import ops
+from vmd_fast import distributed, ops
 from vmd_fast.diagnose.metrics import psnr, sdar
 from vmd_fast.diagnose.result import DiagnosisResult
 from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
@@ -277,11 +277,12 @@ def attack(
     )
 
 
-def _world_images(n: int, names: Sequence[str], seed: int, device) -> tuple:
-    """``n`` rendered faces of the embedded world and their attributes in ``names`` order."""
+def _world_images(n: int, names: Sequence[str], seed: int, device, rows: slice = slice(None)) -> tuple:
+    """Faces ``rows`` of ``n`` seeded faces of the embedded world, and their attributes in
+    ``names`` order (all ``n`` are sampled, so a face does not depend on ``rows``)."""
     from vmd_fast.domains import faces
 
-    params = faces.sample_params(n, generator=torch.Generator().manual_seed(seed))
+    params = faces.sample_params(n, generator=torch.Generator().manual_seed(seed))[rows]
     images = faces.render(params).images
     return images.to(device), faces.attribute_vector(params, names).to(device)
 
@@ -314,10 +315,16 @@ def diagnose(
         images, attributes: your own (N, 3, H, W) images and (N, A) attributes in [0, 1].
         config, overrides: :class:`SIAConfig` and field overrides.
         batch_size: images attacked together.
+        seed: seeds the rendered faces and, with ``seed + b``, batch b's keypoint targets.
 
     Returns:
         :class:`~vmd_fast.diagnose.DiagnosisResult` with ``method="sia"`` and metrics
         ``attack_success_rate``, ``psnr``, ``ssim``, ``sdar``.
+
+    When :mod:`torch.distributed` is initialised (``torchrun``), each rank attacks (and
+    renders) one contiguous block of the batches (:func:`vmd_fast.distributed.shard`),
+    and the per-image rows are gathered in image order: every rank returns the
+    single-process result.
     """
     cfg = config or SIAConfig()
     if overrides:
@@ -328,24 +335,31 @@ def diagnose(
         editor = zoo.load("editor", device=device or "cpu")
     device = torch.device(device) if device is not None else next(iter(editor.parameters()), torch.empty(0)).device
     names = list(getattr(editor, "attributes", []) or [])
-    if images is None:
-        if not names:
-            raise ValueError("the editor has no `attributes` names: pass images= and attributes=")
-        images, attributes = _world_images(n_images, names, seed, device)
-    if attributes is None:
+    if images is None and not names:
+        raise ValueError("the editor has no `attributes` names: pass images= and attributes=")
+    if images is not None and attributes is None:
         raise ValueError("attributes (N, A) must be given with images")
+    total = n_images if images is None else images.shape[0]
+    batches = list(range(0, total, batch_size))
+    mine = distributed.shard(len(batches))  # this rank's global batch indices
+    lo = batches[mine.start] if mine else 0
+    hi = min(total, batches[mine.stop - 1] + batch_size) if mine else 1  # an empty rank keeps one example image
+    if images is None:
+        images, attributes = _world_images(n_images, names, seed, device, rows=slice(lo, hi))
+    else:
+        images, attributes = images[lo:hi], attributes[lo:hi]
     label = target_label(target)
     if not cfg.protect and label in names:
         # The attribute the target classifies is its ground truth: hold it (thesis 2.4.2).
         cfg = SIAConfig(**{**cfg.__dict__, "protect": (label,)})
     adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1])
-    gen = torch.Generator().manual_seed(seed)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("x0", "a0", "aT", "adv", "success", "joint_change", "single", "single_change", "single_flip", "psnr", "ssim")}
-    batches = range(0, images.shape[0], batch_size)
-    for start in tqdm(batches, desc="SIA", unit="batch", disable=not progress):
+    for b in tqdm(mine, desc="SIA", unit="batch", disable=not (progress and distributed.is_main())):
+        start = batches[b] - lo
         x = images[start : start + batch_size]
         a = attributes[start : start + batch_size]
-        result = attack(adapter, x, a, editor=editor, config=cfg, generator=gen)
+        # Seeded by the global batch index, so that a batch is the same on any rank.
+        result = attack(adapter, x, a, editor=editor, config=cfg, generator=torch.Generator().manual_seed(seed + b))
         with torch.no_grad(), ops.value_checks(False):
             # change() and flipped() compare with the clean prediction only (keypoint goals unused).
             ref = adapter.reference(adapter.outputs(x), generator=torch.Generator().manual_seed(seed))
@@ -365,7 +379,7 @@ def diagnose(
                            ("single", singles.reshape(n, n_attr, *x.shape[1:])), ("single_change", single_change),
                            ("single_flip", single_flip), ("psnr", result.psnr), ("ssim", result.ssim)):
             parts[key].append(value.detach().cpu())
-    cat = {k: torch.cat(v) for k, v in parts.items()}
+    cat = distributed.gather_rows({k: torch.cat(v) for k, v in parts.items() if v})
     codes = cat["aT"] - cat["a0"]
     changes = codes.abs()
     finite_psnr = cat["psnr"][torch.isfinite(cat["psnr"])]
@@ -374,7 +388,7 @@ def diagnose(
         attributes=names or [f"attribute_{i}" for i in range(codes.shape[1])],
         changes=changes, flipped=cat["single_flip"], originals=cat["x0"], counterfactuals=cat["single"], codes=codes,
         multi={"counterfactuals": cat["adv"], "codes": codes, "flipped": cat["success"], "changes": cat["joint_change"]},
-        config={**cfg.__dict__, "protect": list(cfg.protect), "n_images": int(images.shape[0]), "seed": seed},
+        config={**cfg.__dict__, "protect": list(cfg.protect), "n_images": int(total), "seed": seed},
         metrics={"attack_success_rate": float(cat["success"].float().mean()),
                  "psnr": float(finite_psnr.mean()) if finite_psnr.numel() else float("inf"),
                  "ssim": float(cat["ssim"].nanmean()), "sdar": sdar(changes.double().mean(0)),
