@@ -72,10 +72,10 @@ class Settings:
 
 
 SIZES = {
-    "small": Settings(n_train=400, n_test=64, epochs=1, batch_size=64, lr=1e-3, widths=(8, 16), sia_copies=2,
+    "small": Settings(n_train=800, n_test=64, epochs=1, batch_size=64, lr=1e-3, widths=(8, 16), sia_copies=2,
                       sia_steps=5, random_start=0.3),
     "default": Settings(n_train=6000, n_test=2000, epochs=8, batch_size=64, lr=1e-3, widths=(24, 48, 64, 96),
-                        sia_copies=10, sia_steps=100, random_start=0.3),
+                        sia_copies=5, sia_steps=50, random_start=0.3),
 }
 
 
