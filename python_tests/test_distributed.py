@@ -1,0 +1,170 @@
+"""Diagnosis and training on two gloo ranks on the CPU give what one process gives.
+
+The ranks are started once per module (``torch.multiprocessing.spawn``, a file
+rendezvous) and run every distributed case of the small colour worlds of test_zoom and
+test_sia_attacks; the tests then compare what each rank returned with a single process.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from vmd_fast import distributed, sia, zoom
+
+from test_sia_attacks import ColourEditor
+from test_sia_attacks import RedClassifier as RedEditorTarget
+from test_sia_attacks import _batch
+from test_zoom import COLOURS, ColourCLIP, ColourGenerator, RedClassifier, colour_tokenizer
+
+WORLD_SIZE = 2
+ZOOM_IMAGES = (7, 2)  # 4 batches of 2 (2 per rank), and 1 batch (rank 1 has none)
+
+
+def _colour_world():
+    G, clip = ColourGenerator(), ColourCLIP()
+    clip.words[1:4] = torch.eye(3, 8) * 3.0  # the colour words
+    return G, clip
+
+
+def _zoom(G, clip, relevance, n_images, **kw):
+    return zoom.diagnose(RedClassifier(), list(COLOURS), n_images=n_images, generator=G, clip=clip,
+                         relevance=relevance, tokenizer=colour_tokenizer, steps=30, lr=0.5, eps=8.0, threshold=0.3,
+                         progress=False, prefix="a face", consistency_prompts=None, gamma=0.0, rows_per_batch=6, **kw)
+
+
+def _sia(x, a):
+    return sia.diagnose(RedEditorTarget(), editor=ColourEditor(), images=x, attributes=a, steps=50, batch_size=2,
+                        progress=False)
+
+
+def _flat(prefix, result):
+    """The tensors and figures of a DiagnosisResult, as one flat dict of tensors."""
+    out = {f"{prefix}.changes": result.changes, f"{prefix}.flipped": result.flipped, f"{prefix}.codes": result.codes,
+           f"{prefix}.counterfactuals": result.counterfactuals, f"{prefix}.originals": result.originals,
+           f"{prefix}.sensitivity": torch.tensor([result.sensitivity[a] for a in result.attributes], dtype=torch.float64)}
+    for k, v in (result.multi or {}).items():
+        out[f"{prefix}.multi.{k}"] = v
+    for k, v in result.metrics.items():
+        if isinstance(v, float):
+            out[f"{prefix}.metric.{k}"] = torch.tensor(v, dtype=torch.float64)
+    return {k: v.clone().contiguous() for k, v in out.items()}
+
+
+def _worker(rank, tmp, relevance, sia_inputs):
+    """One rank: every distributed case; its outputs go to ``tmp/rank{rank}.safetensors``."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=WORLD_SIZE)
+    try:
+        G, clip = _colour_world()
+        out = {}
+        for n in ZOOM_IMAGES:
+            out.update(_flat(f"zoom{n}", _zoom(G, clip, relevance, n, checkpoint=os.path.join(tmp, f"ckpt{n}"))))
+        out.update(_flat("sia", _sia(*sia_inputs)))
+        cache = os.path.join(tmp, "relevance-cache")
+        M = zoom.relevance_matrix(G, clip, zoom.RelevanceConfig(n_images=3, stats_images=200, batch_size=10),
+                                  cache_dir=cache, progress=False)
+        out.update({f"relevance.{k}": v for k, v in M.items()})
+        uneven = {"rows": torch.arange(3 * rank, dtype=torch.float32).reshape(-1, 3) + 100 * rank,
+                  "mask": torch.tensor([True, False] * (rank + 1))}
+        if rank == 0:
+            uneven["only_rank0"] = torch.ones(2, 2, dtype=torch.int64)
+        out.update({f"gather.{k}": v for k, v in distributed.gather_rows(uneven).items()})
+        out["rank"] = torch.tensor(distributed.get_rank())
+        out["world_size"] = torch.tensor(distributed.get_world_size())
+        save_file(out, os.path.join(tmp, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def relevance():
+    G, clip = _colour_world()
+    return zoom.relevance_matrix(G, clip, zoom.RelevanceConfig(n_images=4, stats_images=200), progress=False)
+
+
+@pytest.fixture(scope="module")
+def sia_inputs():
+    return _batch(torch.Generator().manual_seed(0), n=5)
+
+
+@pytest.fixture(scope="module")
+def ranks(relevance, sia_inputs, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ranks")
+    torch.multiprocessing.spawn(_worker, args=(str(tmp), relevance, sia_inputs), nprocs=WORLD_SIZE, join=True)
+    return [load_file(str(tmp / f"rank{r}.safetensors")) for r in range(WORLD_SIZE)], tmp
+
+
+def _assert_same(single, ranks, prefix):
+    for r, out in enumerate(ranks):
+        keys = [k for k in out if k.startswith(prefix + ".")]
+        assert sorted(keys) == sorted(single), (r, sorted(keys), sorted(single))
+        for k, v in single.items():
+            assert out[k].dtype == v.dtype and torch.equal(out[k], v), (r, k)
+
+
+def test_shard_blocks_cover_the_range_in_order():
+    for n in range(0, 9):
+        for world in (1, 2, 3, 5):
+            blocks = [distributed.shard(n, r, world) for r in range(world)]
+            assert [i for block in blocks for i in block] == list(range(n))
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+    assert distributed.shard(4) == range(4)  # one process: everything
+    with pytest.raises(ValueError, match="rank"):
+        distributed.shard(4, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="world_size"):
+        distributed.shard(4, rank=0, world_size=0)
+
+
+def test_ranks_see_the_process_group(ranks):
+    outs, _ = ranks
+    assert [int(o["rank"]) for o in outs] == [0, 1]
+    assert all(int(o["world_size"]) == WORLD_SIZE for o in outs)
+
+
+@pytest.mark.parametrize("n_images", ZOOM_IMAGES)
+def test_zoom_on_two_ranks_equals_one_process(ranks, relevance, n_images):
+    G, clip = _colour_world()
+    single = _zoom(G, clip, relevance, n_images)
+    assert single.n_images == n_images and (n_images < 4 or single.ranking()[0] == "red")
+    _assert_same(_flat(f"zoom{n_images}", single), ranks[0], f"zoom{n_images}")
+
+
+def test_zoom_ranks_checkpoint_into_their_own_directories(ranks):
+    _, tmp = ranks
+    assert sorted(os.listdir(tmp / "ckpt7")) == ["rank-0-of-2", "rank-1-of-2"]
+
+
+def test_sia_on_two_ranks_equals_one_process(ranks, sia_inputs):
+    single = sia.diagnose(RedEditorTarget(), editor=ColourEditor(), images=sia_inputs[0], attributes=sia_inputs[1],
+                          steps=50, batch_size=2, progress=False)
+    assert single.ranking()[0] == "redness"
+    _assert_same(_flat("sia", single), ranks[0], "sia")
+
+
+def test_relevance_matrix_on_two_ranks_matches_one_process(ranks):
+    outs, tmp = ranks
+    G, clip = _colour_world()
+    single = zoom.relevance_matrix(G, clip, zoom.RelevanceConfig(n_images=3, stats_images=200, batch_size=10),
+                                   progress=False)
+    for out in outs:
+        assert torch.equal(out["relevance.mean"], single["mean"]) and torch.equal(out["relevance.std"], single["std"])
+        # M is a sum over probes: two partial sums differ from one in float32 rounding only.
+        torch.testing.assert_close(out["relevance.M"], single["M"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(outs[0]["relevance.M"], outs[1]["relevance.M"])
+    assert len(os.listdir(tmp / "relevance-cache")) == 1  # written once, by rank 0
+
+
+def test_gather_rows_concatenates_uneven_blocks_in_rank_order(ranks):
+    for out in ranks[0]:
+        assert torch.equal(out["gather.rows"], torch.tensor([[100.0, 101.0, 102.0]]))
+        assert torch.equal(out["gather.mask"], torch.tensor([True, False, True, False, True, False]))
+        assert torch.equal(out["gather.only_rank0"], torch.ones(2, 2, dtype=torch.int64))
+
+
+def test_gather_rows_is_the_identity_on_one_process():
+    rows = {"x": torch.arange(6).reshape(3, 2)}
+    assert distributed.gather_rows(rows)["x"] is rows["x"]
+    assert distributed.all_reduce_mean({"loss": 2.5}) == {"loss": 2.5}
