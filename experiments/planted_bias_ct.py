@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-import torch
-
 from experiments import common
 from vmd_fast import train, zoom
 from vmd_fast.domains import faces

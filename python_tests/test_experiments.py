@@ -182,3 +182,11 @@ def test_run_all_collects_the_tables_and_names_missing_assets(toy_world, tmp_pat
     assert "| `table_2_9_imbalanced` | not run |" in page and "missing zoo assets: editor" in page
     assert common.environment()["cpu"] in page and torch.__version__ in page
     assert "### Table 3.3: counterfactual training" in page
+
+
+def test_an_experiment_repeats_exactly_for_a_fixed_seed(toy_world, tmp_path):
+    from experiments import table_2_9_imbalanced as script
+
+    first, _ = _run(script, tmp_path / "a")
+    second, _ = _run(script, tmp_path / "b")
+    assert first["measurements"] == second["measurements"]
