@@ -12,11 +12,14 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from vmd_fast import distributed, sia, zoom
+from torch.utils.data import TensorDataset
+
+from vmd_fast import distributed, sia, train, zoom
 
 from test_sia_attacks import ColourEditor
 from test_sia_attacks import RedClassifier as RedEditorTarget
 from test_sia_attacks import _batch
+from test_train import SmallClassifier
 from test_zoom import COLOURS, ColourCLIP, ColourGenerator, RedClassifier, colour_tokenizer
 
 WORLD_SIZE = 2
@@ -38,6 +41,33 @@ def _zoom(G, clip, relevance, n_images, **kw):
 def _sia(x, a):
     return sia.diagnose(RedEditorTarget(), editor=ColourEditor(), images=x, attributes=a, steps=50, batch_size=2,
                         progress=False)
+
+
+def _train_data():
+    """48 generated colour images (a multiple of the world size), labelled "redder than the rest"."""
+    G, _ = _colour_world()
+    z = torch.randn(48, G.z_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        x = G.synthesize(G.mapping_to_styles(z))
+    y = (x[:, 0].mean(dim=(1, 2)) > x[:, 1:].mean(dim=(1, 2, 3))).float()
+    return TensorDataset(x, y, torch.full((48, 3), 0.5))
+
+
+def _train(kind, relevance):
+    """Counterfactual or SIA-adversarial training of SmallClassifier; its final weights."""
+    G, clip = _colour_world()
+    data = _train_data()
+    common = dict(epochs=2, batch_size=16, lr=1e-2, progress=False)
+    if kind == "counterfactual":
+        model, history = train.counterfactual(SmallClassifier(), data, list(COLOURS), generator=G, clip=clip,
+                                              relevance=relevance, tokenizer=colour_tokenizer, n_generated=8,
+                                              zoom_steps=3, **common)
+    else:
+        model, history = train.adversarial(SmallClassifier(), data, attack="sia", editor=ColourEditor(),
+                                           attack_steps=5, **common)
+    weights = {f"train.{kind}.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    weights[f"train.{kind}.loss_real"] = torch.tensor([e["loss_real"] for e in history.epochs], dtype=torch.float64)
+    return weights
 
 
 def _flat(prefix, result):
@@ -72,6 +102,8 @@ def _worker(rank, tmp, relevance, sia_inputs):
         if rank == 0:
             uneven["only_rank0"] = torch.ones(2, 2, dtype=torch.int64)
         out.update({f"gather.{k}": v for k, v in distributed.gather_rows(uneven).items()})
+        for kind in ("counterfactual", "adversarial"):
+            out.update(_train(kind, relevance))
         out["rank"] = torch.tensor(distributed.get_rank())
         out["world_size"] = torch.tensor(distributed.get_world_size())
         save_file(out, os.path.join(tmp, f"rank{rank}.safetensors"))
@@ -168,3 +200,29 @@ def test_gather_rows_is_the_identity_on_one_process():
     rows = {"x": torch.arange(6).reshape(3, 2)}
     assert distributed.gather_rows(rows)["x"] is rows["x"]
     assert distributed.all_reduce_mean({"loss": 2.5}) == {"loss": 2.5}
+
+
+@pytest.mark.parametrize("kind", ["counterfactual", "adversarial"])
+def test_ddp_training_on_two_ranks_matches_one_process(ranks, relevance, kind):
+    outs, _ = ranks
+    single = _train(kind, relevance)
+    for out in outs:
+        for k, v in single.items():
+            # One global batch either way; only the all-reduce's float rounding differs.
+            torch.testing.assert_close(out[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    prefix = f"train.{kind}."
+    for k in single:
+        if k.startswith(prefix) and "loss" not in k:
+            assert torch.equal(outs[0][k], outs[1][k]), k  # DDP keeps the ranks' weights identical
+
+
+def test_training_rejects_a_batch_the_ranks_cannot_split_evenly(ranks, relevance, monkeypatch):
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 3)
+    with pytest.raises(ValueError, match="batch_size \\(16\\) must be a multiple"):
+        train.adversarial(SmallClassifier(), _train_data(), attack="sia", editor=ColourEditor(), epochs=1,
+                          batch_size=16, progress=False)
+    G, clip = _colour_world()
+    with pytest.raises(ValueError, match="n_generated \\(8\\) must be a multiple"):
+        train.counterfactual(SmallClassifier(), _train_data(), list(COLOURS), generator=G, clip=clip,
+                             relevance=relevance, tokenizer=colour_tokenizer, n_generated=8, batch_size=12,
+                             progress=False)

@@ -9,6 +9,16 @@ the fly, against the model being trained, with the fused ops:
   training (its prediction is the label the counterfactual must not change);
 * :func:`adversarial`: CE of the true label on adversarial examples of the real batch.
 
+Under ``torchrun`` (:mod:`torch.distributed` initialised) both train with
+:class:`~torch.nn.parallel.DistributedDataParallel`. The data order comes from a
+:class:`DistributedSampler` on one process as on W (epoch e's permutation is seeded with
+``seed + e``) and rank r takes every W-th index of it, so the ranks' batches of
+``batch_size / W`` together are the single process's batch of ``batch_size``; the
+generated examples of a batch are split between the ranks. With ``len(train_data)`` and
+``n_generated`` multiples of W this is the single-process run up to the float rounding of
+the gradient all-reduce (PGD's random start is drawn per rank, so PGD training is the
+same run in distribution only).
+
 Training checkpoints after every epoch (model, optimiser, history) and resumes from it;
 a :class:`History` of per-epoch metrics comes back with the model. Checkpoints are
 safetensors and JSON, plus the optimiser state read with ``torch.load(weights_only=True)``
@@ -26,10 +36,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
-from vmd_fast import attacks, ops, sia, zoom
+from vmd_fast import attacks, distributed, ops, sia, zoom
 from vmd_fast.diagnose.targets import adapter_for, target_label
 
 
@@ -38,7 +49,8 @@ class TrainConfig:
     """Settings shared by both trainers.
 
     Args:
-        epochs, batch_size, lr, weight_decay: the optimisation (Adam).
+        epochs, batch_size, lr, weight_decay: the optimisation (Adam); ``batch_size`` is
+            the global batch (split between the ranks under ``torchrun``).
         generated_weight: weight of the loss on generated examples against the real loss.
         seed: seeds the data order and the generated examples.
         zoom_steps, zoom_lr, zoom_eps, n_generated: counterfactual search per batch
@@ -116,9 +128,11 @@ def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256, device=None
 
 
 class _Checkpointer:
+    """Every rank resumes from the checkpoint; only rank 0 writes it."""
+
     def __init__(self, directory: Optional[str]):
         self.directory = directory
-        if directory:
+        if directory and distributed.is_main():
             os.makedirs(directory, exist_ok=True)
 
     def load(self, model: nn.Module, optimiser: torch.optim.Optimizer, config: dict):
@@ -138,7 +152,7 @@ class _Checkpointer:
     def save(self, model, optimiser, config: dict, epoch: int, history: History) -> None:
         from safetensors.torch import save_file
 
-        if not self.directory:
+        if not self.directory or not distributed.is_main():
             return
         path = lambda name: os.path.join(self.directory, name)  # noqa: E731
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path("model.safetensors.tmp"))
@@ -150,25 +164,37 @@ class _Checkpointer:
 
 
 def _fit(model, train_data, config: TrainConfig, make_generated, eval_fn, checkpoint, device, progress, desc, run_config):
+    world = distributed.get_world_size()
+    if config.batch_size % world:
+        raise ValueError(f"batch_size ({config.batch_size}) must be a multiple of the number of ranks ({world})")
     model.to(device).train()
     optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     store = _Checkpointer(checkpoint)
     start_epoch, history = store.load(model, optimiser, run_config)
+    # DDP averages the ranks' gradients; make_generated and attacks use the bare model.
+    net = model
+    if distributed.is_distributed():
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     for epoch in range(start_epoch, config.epochs):
-        loader = DataLoader(train_data, batch_size=config.batch_size, shuffle=True, drop_last=False,
-                            generator=torch.Generator().manual_seed(config.seed + epoch))
+        # One sampler for one process and for many: the permutation of epoch e is seeded with
+        # seed + e, and rank r takes every W-th index of it.
+        sampler = DistributedSampler(train_data, num_replicas=world, rank=distributed.get_rank(), shuffle=True,
+                                     seed=config.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(train_data, batch_size=config.batch_size // world, sampler=sampler)
         totals = {"loss_real": 0.0, "loss_generated": 0.0}
         batches = 0
-        for step, batch in enumerate(tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not progress)):
+        bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not (progress and distributed.is_main()))
+        for step, batch in enumerate(bar):
             x, y, a = _unpack(batch)
             x, y = x.to(device), y.to(device)
             generated = make_generated(model, x, y, None if a is None else a.to(device), epoch * 100003 + step)
             model.train()
-            loss_real = supervised_loss(model, model(x), y)
+            loss_real = supervised_loss(model, net(x), y)
             loss = loss_real
             if generated is not None:
                 gx, gy = generated
-                loss_generated = supervised_loss(model, model(gx), gy)
+                loss_generated = supervised_loss(model, net(gx), gy)
                 loss = loss + config.generated_weight * loss_generated
                 totals["loss_generated"] += float(loss_generated.detach())
             optimiser.zero_grad(set_to_none=True)
@@ -176,7 +202,7 @@ def _fit(model, train_data, config: TrainConfig, make_generated, eval_fn, checkp
             optimiser.step()
             totals["loss_real"] += float(loss_real.detach())
             batches += 1
-        metrics = {k: v / max(batches, 1) for k, v in totals.items()}
+        metrics = distributed.all_reduce_mean({k: v / max(batches, 1) for k, v in totals.items()})
         metrics.update(eval_fn(model))
         history.epochs.append(metrics)
         store.save(model, optimiser, run_config, epoch + 1, history)
@@ -203,7 +229,8 @@ def counterfactual(
 
     Each batch of real data is paired with ``n_generated`` generator images whose ZOOM
     multi-attribute counterfactuals (along ``attributes``, against the model as it is now)
-    are labelled with the *original* model's prediction of the unedited image.
+    are labelled with the *original* model's prediction of the unedited image. Under
+    ``torchrun`` each rank searches its block of the ``n_generated`` latents.
 
     Returns:
         ``(model, History)``; the history holds the real and counterfactual losses and,
@@ -212,6 +239,9 @@ def counterfactual(
     cfg = config or TrainConfig()
     if overrides:
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
+    if cfg.n_generated % distributed.get_world_size():
+        raise ValueError(f"n_generated ({cfg.n_generated}) must be a multiple of the number of ranks "
+                         f"({distributed.get_world_size()})")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if generator is None or clip is None:
         from vmd_fast import zoo
@@ -228,7 +258,8 @@ def counterfactual(
         current.eval()
         current.requires_grad_(False)  # the search differentiates w.r.t. w only
         g = torch.Generator().manual_seed(cfg.seed * 7919 + seed)
-        z = torch.randn(cfg.n_generated, generator.z_dim, generator=g).to(device)
+        rows = distributed.shard(cfg.n_generated)  # all latents are drawn, so each is the single-process one
+        z = torch.randn(cfg.n_generated, generator.z_dim, generator=g)[rows.start : rows.stop].to(device)
         with torch.no_grad():
             s0 = generator.flatten_styles(generator.mapping_to_styles(z))
             x0 = generator.synthesize(generator.unflatten_styles(s0))
