@@ -5,7 +5,10 @@ rendezvous) and run every distributed case of the small colour worlds of test_zo
 test_sia_attacks; the tests then compare what each rank returned with a single process.
 """
 
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -30,6 +33,13 @@ def _colour_world():
     G, clip = ColourGenerator(), ColourCLIP()
     clip.words[1:4] = torch.eye(3, 8) * 3.0  # the colour words
     return G, clip
+
+
+def colour_clip():
+    """ColourCLIP with its colour words and tokenizer, for the command line's module:factory."""
+    clip = _colour_world()[1]
+    clip.tokenizer = colour_tokenizer
+    return clip
 
 
 def _zoom(G, clip, relevance, n_images, **kw):
@@ -226,3 +236,26 @@ def test_training_rejects_a_batch_the_ranks_cannot_split_evenly(ranks, relevance
         train.counterfactual(SmallClassifier(), _train_data(), list(COLOURS), generator=G, clip=clip,
                              relevance=relevance, tokenizer=colour_tokenizer, n_generated=8, batch_size=12,
                              progress=False)
+
+
+def test_torchrun_cli_diagnosis_writes_one_report_equal_to_one_process(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    args = ["diagnose", "--method", "zoom", "--target", "test_zoom:RedClassifier", "--generator",
+            "test_zoom:ColourGenerator", "--clip", "test_distributed:colour_clip", "--attributes", "red,green,blue",
+            "--n-images", "5", "--batch-size", "2", "--steps", "10", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "cache")]
+    one = subprocess.run([sys.executable, "-m", "vmd_fast.cli", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr
+    # The cached relevance matrix of the first run makes the two runs start from the same bits.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                          str(29500 + os.getpid() % 1000), "-m", "vmd_fast.cli", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert two.returncode == 0, two.stderr
+    assert two.stdout.count("most sensitive attribute") == 1  # rank 0 alone reports
+    summaries = [json.load(open(tmp_path / run / "result.json")) for run in ("one", "two")]
+    assert summaries[0]["n_images"] == summaries[1]["n_images"] == 5
+    for key in ("sensitivity", "flip_rate", "ranking", "metrics"):
+        assert summaries[0][key] == summaries[1][key], key

@@ -8,6 +8,11 @@ counterfactual|adversarial`` fine-tunes a target; ``vmd-fast report DIR [DIR2]``
 re-renders a saved report or compares two; ``vmd-fast zoo list|show|train|check`` and
 ``vmd-fast bench`` reach the zoo and the kernel benchmarks.
 
+``torchrun --nproc-per-node K -m vmd_fast.cli diagnose|train ...`` (or a multi-node
+torchrun rendezvous) runs the same command on K ranks: the diagnosis shards its batches of
+images and the training is data-parallel (:mod:`vmd_fast.distributed`), with the result of
+one process; rank 0 writes the report or the weights (docs/scale.md).
+
 Models come from the zoo (``smile_classifier``), from ``package.module:factory`` or from
 local files (``--target weights.pth --arch resnet50``, ``--generator ffhq.pkl``,
 ``--clip ViT-B-32.bin --clip-arch ViT-B-32``, ``--editor attgan.pth --editor-attributes
@@ -104,7 +109,16 @@ def _check_adapter(target, example: torch.Tensor):
 
 # --- diagnose ---------------------------------------------------------------------------
 def cmd_diagnose(args) -> int:
-    device = _device(args.device)
+    from vmd_fast import distributed
+
+    # Under torchrun every rank runs this; the diagnosis shards its images, rank 0 reports.
+    with distributed.launch(_device(args.device)) as device:
+        return _diagnose(args, device)
+
+
+def _diagnose(args, device: torch.device) -> int:
+    from vmd_fast import distributed
+
     target = load_target(args.target, device, args)
     if args.method == "zoom":
         from vmd_fast import zoom
@@ -113,6 +127,8 @@ def cmd_diagnose(args) -> int:
         clip = _optional("clip", args.clip, device, args)
         attributes = _split(args.attributes) or list(zoom.DEFAULT_ATTRIBUTES)
         overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+        if args.batch_size is not None:
+            overrides["rows_per_batch"] = args.batch_size * len(attributes)
         result = zoom.diagnose(target, attributes, n_images=args.n_images, generator=generator, clip=clip,
                                device=device, cache_dir=args.cache_dir, checkpoint=args.out if args.resume else None,
                                tokenizer=_tokenizer(clip), **overrides)
@@ -124,7 +140,11 @@ def cmd_diagnose(args) -> int:
         if unknown:
             raise UsageError(f"--attributes {unknown} are not attributes of the editor ({', '.join(editor.attributes)})")
         overrides = {"steps": args.steps} if args.steps is not None else {}
+        if args.batch_size is not None:
+            overrides["batch_size"] = args.batch_size
         result = sia.diagnose(target, n_images=args.n_images, editor=editor, device=device, seed=args.seed or 0, **overrides)
+    if not distributed.is_main():
+        return 0
     paths = result.save(args.out)
     top = result.ranking()[0]
     print(f"{args.method.upper()} diagnosis of {result.target}: most sensitive attribute '{top}' "
@@ -257,15 +277,22 @@ def _world_dataset(n: int, seed: int, label: str, editor_attributes: Optional[Se
 
 
 def cmd_train(args) -> int:
+    from vmd_fast import distributed
+
+    # Under torchrun every rank runs this; training is data-parallel, rank 0 writes.
+    with distributed.launch(_device(args.device)) as device:
+        return _train(args, device)
+
+
+def _train(args, device: torch.device) -> int:
     from dataclasses import asdict
 
     from safetensors.torch import save_file
 
-    from vmd_fast import __version__, train
+    from vmd_fast import __version__, distributed, train
     from vmd_fast.diagnose import target_label, target_name
     from vmd_fast.io.models import TRAINED_RECORD
 
-    device = _device(args.device)
     checkpoint = os.path.join(args.out, "checkpoint")
     if os.path.exists(os.path.join(checkpoint, "train-state.json")) and not args.resume:
         raise UsageError(f"--out {args.out!r} holds an earlier training run; pass --resume to continue it or choose another --out")
@@ -299,6 +326,8 @@ def cmd_train(args) -> int:
         model, history = train.counterfactual(target, train_data, attributes, generator=generator, clip=clip,
                                               eval_data=eval_data, checkpoint=checkpoint, device=device,
                                               tokenizer=_tokenizer(clip), **overrides)
+    if not distributed.is_main():
+        return 0
     weights = os.path.join(args.out, "model.safetensors")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, weights)
     record = {
@@ -433,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--attributes", help="comma-separated attribute prompts (ZOOM) or editor attributes (SIA)")
     diag.add_argument("--n-images", type=int, default=32)
     diag.add_argument("--steps", type=int, help="optimisation steps (default: the method's)")
+    diag.add_argument("--batch-size", type=int, help="images optimised together (default: SIA 64; ZOOM 256 rows / attributes)")
     diag.add_argument("--out", default="outputs/diagnosis", help="report directory")
     diag.add_argument("--cache-dir", default=None, help="where ZOOM caches relevance matrices")
     diag.add_argument("--resume", action="store_true", help="checkpoint into --out and resume from it")
