@@ -378,7 +378,8 @@ def diagnose(
                            ("success", result.success), ("joint_change", joint_change),
                            ("single", singles.reshape(n, n_attr, *x.shape[1:])), ("single_change", single_change),
                            ("single_flip", single_flip), ("psnr", result.psnr), ("ssim", result.ssim)):
-            parts[key].append(value.detach().cpu())
+            value = value.detach().cpu()
+            parts[key].append(value.float() if value.is_floating_point() else value)  # float32, also under autocast
     cat = distributed.gather_rows({k: torch.cat(v) for k, v in parts.items() if v})
     codes = cat["aT"] - cat["a0"]
     changes = codes.abs()

@@ -636,6 +636,7 @@ def diagnose(
                                   "multi.first_flip": outputs["multi"]["first_flip"], "multi.w": outputs["multi"]["w"]})
         for k, v in batch_tensors.items():
             v = v.detach().cpu()
+            v = v.float() if v.is_floating_point() else v  # float32 results, also from a bf16 autocast run
             done[k] = torch.cat([done[k], v]) if k in done else v
         store.save({"batches_done": j + 1}, done)
     bar.close()

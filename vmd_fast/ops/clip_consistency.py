@@ -122,3 +122,8 @@ if has_compiled_ops():
     torch.library.register_autograd(
         "vmd_fast::clip_consistency_forward", _backward, setup_context=_setup_context
     )
+
+    # Under autocast: a soft cross-entropy, run in float32 like autocast's own losses, on
+    # inputs cast to float32 (the edit's logits may come back bf16, the original's not).
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast("vmd_fast::clip_consistency_forward", _device, torch.float32)

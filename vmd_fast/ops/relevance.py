@@ -279,3 +279,8 @@ if has_compiled_ops():
         _relevance_backward,
         setup_context=_relevance_setup_context,
     )
+
+    # Under autocast: float32, since the directions are a thresholded projection and bf16
+    # rounding would move channels across the threshold.
+    for _device in ("cpu", "cuda"):
+        torch.library.register_autocast("vmd_fast::relevance_directions", _device, torch.float32)

@@ -294,3 +294,11 @@ if has_compiled_ops():
     torch.library.register_autograd(
         "vmd_fast::ssim_cached_forward", _cached_backward, setup_context=_cached_setup_context
     )
+
+    # Under autocast: float32 on inputs cast to float32, since SSIM's variances are
+    # differences of windowed moments that bf16 would cancel (and a bf16 edit meets
+    # float32 cached reference statistics).
+    for _op in ("vmd_fast::ssim_forward", "vmd_fast::ssim_cached_forward", "vmd_fast::ssim_reference_stats",
+                "vmd_fast::ssim_backward"):
+        for _device in ("cpu", "cuda"):
+            torch.library.register_autocast(_op, _device, torch.float32)
