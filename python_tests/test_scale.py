@@ -105,3 +105,13 @@ def test_fused_ops_compute_in_float32_under_bf16_autocast():
     torch.testing.assert_close(ce, expected_ce.to(ce.dtype))
     assert ds.dtype == torch.float32
     torch.testing.assert_close(ds, ops.relevance_directions(M.float(), dt.float(), 0.1))
+
+
+def test_model_checksum_covers_zero_dim_parameters():
+    # open_clip models carry a 0-dim logit_scale; a run keyed on their weights must hash it.
+    clip = ColourCLIP()
+    clip.logit_scale = torch.nn.Parameter(torch.tensor(4.6))
+    before = zoom._model_checksum(clip)
+    with torch.no_grad():
+        clip.logit_scale.fill_(4.7)
+    assert zoom._model_checksum(clip) != before
