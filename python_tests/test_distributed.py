@@ -114,6 +114,14 @@ def _worker(rank, tmp, relevance, sia_inputs):
         out.update({f"gather.{k}": v for k, v in distributed.gather_rows(uneven).items()})
         for kind in ("counterfactual", "adversarial"):
             out.update(_train(kind, relevance))
+        other = ColourGenerator()
+        if rank == 1:
+            other.mapping.add_(1.0)  # e.g. an unseeded random initialisation
+        try:
+            _zoom(other, clip, relevance, 2)
+            out["mismatch_raised"] = torch.tensor(0)
+        except ValueError as err:
+            out["mismatch_raised"] = torch.tensor(int("other models, attributes or settings than rank 0" in str(err)))
         out["rank"] = torch.tensor(distributed.get_rank())
         out["world_size"] = torch.tensor(distributed.get_world_size())
         save_file(out, os.path.join(tmp, f"rank{rank}.safetensors"))
@@ -259,3 +267,7 @@ def test_torchrun_cli_diagnosis_writes_one_report_equal_to_one_process(tmp_path)
     assert summaries[0]["n_images"] == summaries[1]["n_images"] == 5
     for key in ("sensitivity", "flip_rate", "ranking", "metrics"):
         assert summaries[0][key] == summaries[1][key], key
+
+
+def test_ranks_with_different_models_refuse_to_diagnose(ranks):
+    assert [int(out["mismatch_raised"]) for out in ranks[0]] == [1, 1]

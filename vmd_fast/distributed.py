@@ -125,6 +125,23 @@ def gather_rows(tensors: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
+def check_same(value: str, what: str) -> None:
+    """Raise on every rank unless all ranks hold the same ``value`` (e.g. a run's checksum).
+
+    Args:
+        value: a string that must agree (a hash of the models and settings).
+        what: what it stands for, for the error message.
+    """
+    if not is_distributed():
+        return
+    values = [None] * get_world_size()
+    dist.all_gather_object(values, value)
+    differ = [r for r, v in enumerate(values) if v != values[0]]
+    if differ:
+        raise ValueError(f"ranks {differ} were given other {what} than rank 0; every rank must load the same "
+                         "models and settings (seed any random initialisation)")
+
+
 def all_reduce_mean(values: Dict[str, float]) -> Dict[str, float]:
     """The mean over ranks of each float (e.g. per-epoch losses); identity on one process."""
     if not is_distributed() or not values:

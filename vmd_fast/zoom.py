@@ -574,6 +574,7 @@ def diagnose(
         "target": _model_checksum(model), "G": _model_checksum(generator), "clip": _model_checksum(clip),
         "attributes": attributes, "n_images": n_images, "config": asdict(cfg),
     }, sort_keys=True, default=str).encode()).hexdigest()
+    distributed.check_same(key, "models, attributes or settings")
     if checkpoint and distributed.is_distributed():
         checkpoint = os.path.join(checkpoint, f"rank-{distributed.get_rank()}-of-{distributed.get_world_size()}")
     store = _Checkpoint(checkpoint, key)
