@@ -39,6 +39,21 @@ enough to run on two CPU cores.
 Reproduce this page with `python -m experiments.run_all` (add `--size small` for a quick
 look; `--assets DIR` to use generative assets from another folder); one experiment with
 `python -m experiments.<name>`.
+
+Choices that differ from the thesis or that it leaves open:
+
+- Table 3.3: flip resistance is measured on generator samples drawn with another seed than
+  the ones counterfactual training saw; the verdict uses the multi-attribute searches (the
+  counterfactuals CT trains on), the single-attribute ones are shown too. "A large
+  margin" is fixed at 10 points.
+- Tables 2.7/2.8: SIA holds the classifier's own attribute (within its protect radius) in
+  training and in evaluation, so an adversary keeps its true label; SDAR is over the other
+  editor attributes. Fewer SIA steps than the thesis's 200 (see each table's settings).
+- Table 2.9: SIA adversaries are made against the plain 1:99 classifier, several per
+  minority sample, each from a random start in attribute space (as PGD starts from a
+  random point of its ball); SIA itself is deterministic.
+- Planted bias: a control fine-tunes on the same biased renders without counterfactuals,
+  so that what counterfactual training adds can be told apart from more training.
 """
 
 
