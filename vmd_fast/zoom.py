@@ -133,7 +133,7 @@ def style_statistics(G: nn.Module, n: int = 2000, seed: int = 0, batch_size: int
             z = torch.randn(min(batch_size, n - start), G.z_dim, generator=gen).to(device)
             flat = G.flatten_styles(G.mapping_to_styles(z)).double()  # (B, C)
             b_mean = flat.mean(0)
-            b_m2 = (flat - b_mean).square().sum(0)
+            b_m2 = (flat - b_mean).square_().sum(0)
             if mean is None:
                 count, mean, m2 = flat.shape[0], b_mean, b_m2
                 continue
