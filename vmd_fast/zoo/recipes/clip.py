@@ -1,14 +1,26 @@
 r"""Recipe of the zoo's ``clip``: an open_clip CLIP trained contrastively on renders and captions.
 
-**Objective.** The symmetric InfoNCE loss of CLIP (open_clip's ``ClipLoss``, Radford et al.
-2021) on batches of fresh renders paired with captions generated from their ground truth
+**Objective.** CLIP's symmetric contrastive loss (Radford et al. 2021), with every true
+caption a positive (below), on batches of fresh renders paired with captions generated from their ground truth
 (:func:`vmd_fast.domains.faces.describe`): each caption mentions a random subset of the
 face's attributes (present and absent ones, e.g. "without a hat"), in random order, with
 random synonyms, inside one of :data:`TRAIN_TEMPLATES`. Half of every batch are the
 counterfactuals of the other half with one binary attribute flipped, captioned by the same
 plan (:func:`counterfactual_batch`): hard negatives that teach the attribute words,
-negations included. Without them, 1500 steps learned retrieval (top-1 31 % of 250) but
-zero-shot only for beard, grey hair and gender (50-54 % for the rest).
+negations included.
+
+**Every true caption is a positive** (:func:`multi_positive_loss`, the image-text-label
+contrastive loss of UniCL, Yang et al. 2022). A short caption ("a photo of a face with a
+hat.") is true of about half the faces of a batch; CLIP's one-hot targets call all of them
+negatives, which is why one-hot training needed mostly long, unique captions, and then it
+never learned the short prompts that zero-shot classification asks. The renderer knows
+which caption is true of which face (:func:`caption_truth`), so the targets of each image
+(each caption) spread uniformly over all the captions (images) that are true of it.
+
+What did not work, measured with :func:`evaluate` after 1500 steps: one-hot InfoNCE on
+mostly long captions learned retrieval (top-1 31 % of 250) but zero-shot only for beard,
+grey hair and gender (50-54 % for the rest); adding the counterfactual pairs with one-hot
+targets gave 47-75 %.
 
 **Zero-shot evaluation on prompts the recipe never used.** :func:`evaluate` classifies each
 binary attribute of fresh renders by comparing the image with a positive and a negative
@@ -29,7 +41,6 @@ import torch
 from open_clip.loss import ClipLoss
 from open_clip.model import CLIP
 from torch import Tensor
-from tqdm import tqdm
 
 from vmd_fast.domains.faces import (
     BINARY_ATTRIBUTES,
@@ -40,6 +51,7 @@ from vmd_fast.domains.faces import (
     sample_params,
 )
 from vmd_fast.models.clip import CLIPConfig, build_clip, tokenizer
+from vmd_fast.zoo.recipes.common import final_loss, one_cycle_training
 from vmd_fast.zoo.registry import Recipe, register
 
 logger = logging.getLogger(__name__)
@@ -141,11 +153,11 @@ CONTINUOUS_PHRASES: Dict[str, Tuple[Tuple[str, ...], Tuple[str, ...], Tuple[str,
 """Training phrases of the continuous attributes for values in [0, 1/3), [1/3, 2/3), [2/3, 1]."""
 
 
-SHORT_CAPTION_PROBABILITY = 0.2
+SHORT_CAPTION_PROBABILITY = 0.5
 """Fraction of captions with only 1-3 phrases (like the zero-shot prompts); the others name
-at least 8 attributes. Mostly long captions matter: with short ones a batch holds many
-equally good matches, the contrastive signal is weak and training sits at the uniform
-solution (loss ln N) for hundreds of steps."""
+at least 8 attributes. Under one-hot targets short captions left training at the uniform
+solution (loss ln N) for hundreds of steps, since a batch holds many equally good matches;
+:func:`multi_positive_loss` counts those matches as positives, so half can be short."""
 
 
 @dataclass
@@ -223,6 +235,65 @@ def realise(plan: CaptionPlan, description: dict) -> str:
     phrases = [_phrase(name, description, plan.wording[name]) for name in plan.attributes]
     body = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + plan.separator + phrases[-1]
     return plan.template.format(f"{subject} {body}")
+
+
+def _phrase_class(name: str, value) -> object:
+    """What a phrase of attribute ``name`` asserts about ``value`` (its :func:`describe` entry)."""
+    if name in CONTINUOUS_PHRASES:
+        return min(int(value * 3), 2)
+    return value
+
+
+def caption_claims(plan: CaptionPlan, description: dict) -> Dict[str, object]:
+    """What the caption of ``description`` under ``plan`` asserts: attribute -> class."""
+    claims = {name: _phrase_class(name, description[name]) for name in plan.attributes}
+    if plan.name_gender:
+        claims["male"] = bool(description["male"])
+    return claims
+
+
+def caption_truth(claims: Sequence[Dict[str, object]], descriptions: Sequence[dict]) -> Tensor:
+    """``(N_images, N_captions)`` bool: caption ``j`` is true of face ``i``.
+
+    Example:
+        >>> d = [{"hat": True, "male": False}, {"hat": False, "male": False}]
+        >>> caption_truth([{"hat": True}, {"male": False}], d).tolist()
+        [[True, True], [False, True]]
+    """
+    return torch.tensor([
+        [all(_phrase_class(k, d[k]) == v for k, v in c.items()) for c in claims]
+        for d in descriptions
+    ])
+
+
+def multi_positive_loss(
+    image_features: Tensor, text_features: Tensor, logit_scale: Tensor, truth: Tensor
+) -> Tensor:
+    """Symmetric contrastive loss whose targets are uniform over the true pairs (UniCL).
+
+    Args:
+        image_features, text_features: unit embeddings ``(N, D)``; row ``i`` of each is a pair.
+        logit_scale: the model's temperature :math:`\\tau` (logits are ``tau * cos``).
+        truth: ``(N, N)`` bool, ``truth[i, j]``: caption ``j`` is true of image ``i``; the
+            diagonal must be true.
+
+    Returns:
+        a scalar; with an identity ``truth`` it equals CLIP's InfoNCE.
+
+    Example:
+        >>> f = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+        >>> eye = torch.eye(4, dtype=torch.bool)
+        >>> loss = multi_positive_loss(f, f, torch.tensor(10.0), eye)
+        >>> torch.allclose(loss, ClipLoss()(f, f, torch.tensor(10.0)))
+        True
+    """
+    if not bool(truth.diagonal().all()):
+        raise ValueError("truth: every caption must be true of its own image (the diagonal)")
+    logits = logit_scale * image_features @ text_features.T  # (N images, N captions)
+    targets = truth.to(logits.dtype)
+    per_image = -(targets / targets.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1)
+    per_text = -(targets / targets.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0)
+    return (per_image.mean() + per_text.mean()) / 2
 
 
 def caption(description: dict, rng: random.Random) -> str:
@@ -310,7 +381,7 @@ def _captions(params: FaceParams, rng: random.Random) -> List[str]:
 
 def counterfactual_batch(
     n: int, faces: torch.Generator, rng: random.Random
-) -> Tuple[Tensor, List[str]]:
+) -> Tuple[Tensor, List[str], Tensor]:
     """``n // 2`` fresh faces and their counterfactuals, each with one binary attribute flipped.
 
     Both captions of a pair share one :class:`CaptionPlan` that mentions the flipped
@@ -320,7 +391,8 @@ def counterfactual_batch(
     of NegCLIP, Yuksekgonul et al. 2023, but with true counterfactual images).
 
     Returns:
-        images ``(2 (n // 2), 3, 64, 64)`` (faces, then their counterfactuals) and captions.
+        images ``(2 (n // 2), 3, 64, 64)`` (faces, then their counterfactuals), their
+        captions, and :func:`caption_truth` of every caption on every image.
     """
     half = n // 2
     params = sample_params(half, faces)
@@ -331,9 +403,12 @@ def counterfactual_batch(
     counterfactual = params.replace_from_vector(a, BINARY_ATTRIBUTES)
     images = render(FaceParams.cat([params, counterfactual])).images
     plans = [caption_plan(rng, BINARY_ATTRIBUTES[int(k)]) for k in flipped]
-    captions = [realise(plan, describe(params, i)) for i, plan in enumerate(plans)]
-    captions += [realise(plan, describe(counterfactual, i)) for i, plan in enumerate(plans)]
-    return images, captions
+    descriptions = [describe(params, i) for i in range(half)]
+    descriptions += [describe(counterfactual, i) for i in range(half)]
+    plans = plans + plans
+    captions = [realise(plan, d) for plan, d in zip(plans, descriptions)]
+    claims = [caption_claims(plan, d) for plan, d in zip(plans, descriptions)]
+    return images, captions, caption_truth(claims, descriptions)
 
 
 def build(config: dict) -> CLIP:
@@ -355,32 +430,25 @@ def train(config: dict) -> Tuple[CLIP, dict]:
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6,
     )
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_fraction,
-        cycle_momentum=False,
-    )
-    contrastive = ClipLoss()
-    losses = []
-    progress = tqdm(range(cfg.steps), desc="clip", unit="step")
-    for _ in progress:
-        images, captions = counterfactual_batch(cfg.batch_size, faces, rng)  # (N, 3, 64, 64)
-        texts = tokenize(captions)  # (N, 77); images go in as [0, 1] pixels
+
+    def step_loss() -> Tensor:
+        images, captions, truth = counterfactual_batch(cfg.batch_size, faces, rng)
+        texts = tokenize(captions)  # (N, 77); images (N, 3, 64, 64) go in as [0, 1] pixels
         image_features, text_features, logit_scale = model(images, texts)
-        loss = contrastive(image_features, text_features, logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, 4.6052)  # temperature at most 100, as in CLIP
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.3f}")
-    tail = losses[-max(1, len(losses) // 20):]
+        return multi_positive_loss(image_features, text_features, logit_scale, truth)
+
+    @torch.no_grad()
+    def clamp_temperature() -> None:
+        model.logit_scale.clamp_(0, 4.6052)  # temperature at most 100, as in CLIP
+
+    losses = one_cycle_training(optimizer, step_loss, cfg.steps, cfg.lr, cfg.warmup_fraction,
+                                "clip", after_step=clamp_temperature)
     return model.eval(), {
-        "objective": "symmetric InfoNCE (open_clip ClipLoss) on renders and templated captions",
+        "objective": "symmetric contrastive loss on renders and templated captions, every true "
+        "caption a positive (UniCL), half the batch counterfactual pairs",
         "steps": cfg.steps,
         "pairs_seen": cfg.steps * cfg.batch_size,
-        "final_loss": round(sum(tail) / len(tail), 5),
+        "final_loss": final_loss(losses),
         "train_templates": len(TRAIN_TEMPLATES),
     }
 
@@ -458,7 +526,8 @@ register(
         metadata={
             "description": "open_clip CLIP (ModifiedResNet on 64x64 images in [0, 1], text "
             "transformer over the standard 49408-token BPE vocabulary, context 77)",
-            "objective": "symmetric InfoNCE on fresh renders and captions generated from their "
+            "objective": "symmetric contrastive loss (every true caption a positive, UniCL) on "
+            "fresh renders, their counterfactuals and captions generated from their "
             "ground truth; zero-shot measured with held-out prompt templates",
             "image_preprocessing": "none: pixels in [0, 1] (visual.preprocess_cfg mean 0, std 1)",
             "held_out_templates": list(HELD_OUT_TEMPLATES),

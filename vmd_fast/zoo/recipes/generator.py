@@ -38,7 +38,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from vmd_fast.domains.faces import (
     BINARY_ATTRIBUTES,
@@ -52,6 +51,7 @@ from vmd_fast.domains.faces import (
 )
 from vmd_fast.models.stylegan import Generator, GeneratorConfig, latent_to_uniform
 from vmd_fast.zoo.assets import load
+from vmd_fast.zoo.recipes.common import final_loss, one_cycle_training
 from vmd_fast.zoo.registry import Recipe, register
 
 logger = logging.getLogger(__name__)
@@ -187,32 +187,23 @@ def train(config: dict) -> Tuple[Generator, dict]:
     G = build(config).train()
     latents = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=cfg.warmup_fraction,
-        cycle_momentum=False,
-    )
     weights = part_weights(seed=cfg.seed)  # (P,)
-    losses = []
-    progress = tqdm(range(cfg.steps), desc="generator", unit="step")
-    for _ in progress:
+
+    def step_loss() -> Tensor:
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=latents)
         target = render(params_from_uniform(latent_to_uniform(z)))  # the renderer's face of z
         pixel_weights = weights[target.segmentation][:, None]  # (N, 1, 64, 64)
         pyramid = G.synthesis.pyramid(G.mapping_to_styles(z))
-        loss = regression_loss(pyramid, target.images, pixel_weights, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        progress.set_postfix(loss=f"{loss.item():.4f}")
-    tail = losses[-max(1, len(losses) // 20):]
+        return regression_loss(pyramid, target.images, pixel_weights, cfg)
+
+    losses = one_cycle_training(optimizer, step_loss, cfg.steps, cfg.lr, cfg.warmup_fraction,
+                                "generator")
     return G.eval(), {
         "objective": "regression onto the renderer (part-weighted L1, L1 pyramid, image-gradient L1), "
         "not adversarial",
         "steps": cfg.steps,
         "images_seen": cfg.steps * cfg.batch_size,
-        "final_loss": round(sum(tail) / len(tail), 5),
+        "final_loss": final_loss(losses),
     }
 
 
