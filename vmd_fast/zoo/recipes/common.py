@@ -1,8 +1,11 @@
-"""The optimisation loop the generative recipes share: fresh batches, one-cycle learning rate."""
+"""What the generative recipes share: the one-cycle optimisation loop on fresh batches, and
+the frozen attribute classifier (AttGAN's :math:`C`) some of them train against."""
 
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+import json
+from functools import lru_cache
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -62,3 +65,49 @@ def final_loss(losses: List[float]) -> float:
     """Mean loss of the last 5 % of the steps (at least one), rounded for the metadata."""
     tail = losses[-max(1, len(losses) // 20):]
     return round(sum(tail) / len(tail), 5)
+
+
+ATTRIBUTE_CLASSIFIER = "attribute_classifier"
+"""The zoo asset that judges the generator's samples and the editor's edits."""
+
+CRITIC_OVERRIDES: Dict[str, object] = {"seed": 21, "eval_seed": 121}
+"""How the recipes' own classifier differs from the shipped judge: another seed (so other
+training renders and another initialisation); everything else is that recipe's config."""
+
+
+@lru_cache(maxsize=4)
+def _trained_critic(key: str) -> torch.nn.Module:
+    from vmd_fast.zoo.recipes import targets
+    from vmd_fast.zoo.registry import get_recipe
+
+    config = {**get_recipe(ATTRIBUTE_CLASSIFIER).config, **json.loads(key)}
+    C, _ = targets.train(config, name="recipe's attribute classifier")
+    return C.eval().requires_grad_(False)
+
+
+def attribute_critic(
+    overrides: Dict[str, object], attributes: Sequence[str]
+) -> Tuple[torch.nn.Module, Tensor]:
+    """A frozen attribute classifier trained from nothing on renders, as a training signal.
+
+    It is the ``attribute_classifier`` recipe with ``overrides`` (by default
+    :data:`CRITIC_OVERRIDES`: another seed), never the shipped ``attribute_classifier``
+    asset, which stays an independent judge of what the trained network draws. One process
+    trains it once per distinct ``overrides`` (``train --all`` shares it between recipes).
+
+    Args:
+        overrides: replaced fields of the ``attribute_classifier`` recipe's config.
+        attributes: the attributes to read from its logits, in this order.
+
+    Returns:
+        the classifier (eval mode, parameters without gradients) and the indices ``(A,)``
+        of ``attributes`` among its logits.
+    """
+    from vmd_fast.zoo.registry import get_recipe
+
+    C = _trained_critic(json.dumps(dict(overrides), sort_keys=True))
+    labels = list({**get_recipe(ATTRIBUTE_CLASSIFIER).config, **overrides}["labels"])
+    missing = [n for n in attributes if n not in labels]
+    if missing:
+        raise ValueError(f"attributes: {missing} are not among the classifier's labels {labels}")
+    return C, torch.tensor([labels.index(n) for n in attributes])

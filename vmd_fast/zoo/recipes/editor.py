@@ -23,9 +23,9 @@ small attributes (lipstick, earrings, makeup) half-edited for thousands of steps
 steps with the changed pixels weighted x11, edit success was 26-92 % per attribute. As in
 AttGAN, a classifier :math:`C` scores the edit, :math:`\mu\,\text{BCE}(C(\text{Dec}(\text{Enc}(x),
 a')), a')`. AttGAN trains :math:`C` on real labelled images; here the recipe first trains its
-own on renders (the ``attribute_classifier`` recipe, smaller and with another seed) and keeps
-it frozen. The shipped ``attribute_classifier``, which :func:`evaluate` judges the edits
-with, is never seen in training, so edit success is not measured by the network that was
+own on renders (the ``attribute_classifier`` recipe with another seed) and keeps it frozen.
+The shipped ``attribute_classifier``, which :func:`evaluate` judges the edits with, is never
+seen in training, so edit success is not measured by the network that was
 optimised against; ``edit_psnr`` (against the true counterfactual renders) shows the edits
 are the renderer's edits and not adversarial noise.
 """
@@ -43,10 +43,15 @@ from torch import Tensor
 from vmd_fast.domains.faces import EDITOR_ATTRIBUTES, attribute_vector, render, sample_params
 from vmd_fast.models.editor import AttributeEditor, EditorConfig
 from vmd_fast.zoo.assets import load
-from vmd_fast.zoo.recipes.generator import ATTRIBUTE_CLASSIFIER, psnr
-from vmd_fast.zoo.recipes import targets
-from vmd_fast.zoo.recipes.common import final_loss, one_cycle_training
-from vmd_fast.zoo.registry import Recipe, get_recipe, register
+from vmd_fast.zoo.recipes.common import (
+    ATTRIBUTE_CLASSIFIER,
+    CRITIC_OVERRIDES,
+    attribute_critic,
+    final_loss,
+    one_cycle_training,
+)
+from vmd_fast.zoo.recipes.generator import psnr
+from vmd_fast.zoo.registry import Recipe, register
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +86,7 @@ class EditorRecipeConfig:
     attributes: Sequence[str] = EDITOR_ATTRIBUTES
     channels: Sequence[int] = (32, 64, 128, 256)
     shortcut_layers: int = 2
-    inject_layers: int = 2
+    inject_layers: int = 3
     steps: int = 2_000
     batch_size: int = 32
     lr: float = 2e-3
@@ -89,13 +94,8 @@ class EditorRecipeConfig:
     flip_probability: float = 0.25
     edit_weight: float = 1.0
     edit_region_weight: float = 10.0
-    classifier_weight: float = 0.05
-    classifier: Dict[str, object] = field(
-        default_factory=lambda: {
-            "seed": 21, "eval_seed": 121, "n_train": 8000, "epochs": 2,
-            "widths": [16, 32, 48, 64],
-        }
-    )
+    classifier_weight: float = 0.2
+    classifier: Dict[str, object] = field(default_factory=lambda: dict(CRITIC_OVERRIDES))
     eval_n: int = 256
     batch_eval: int = 64
     storage_dtype: str = "float16"
@@ -137,24 +137,10 @@ def build(config: dict) -> AttributeEditor:
     return AttributeEditor(_config(config).editor_config())
 
 
-def attribute_critic(cfg: EditorRecipeConfig) -> Tuple[torch.nn.Module, Tensor]:
-    """Train the recipe's frozen attribute classifier :math:`C` (AttGAN's classifier).
-
-    Returns:
-        the classifier (eval mode, no gradients for its parameters) and the indices of
-        ``cfg.attributes`` among its logits.
-    """
-    config = {**get_recipe(ATTRIBUTE_CLASSIFIER).config, **cfg.classifier}
-    C, _ = targets.train(config, name="editor's classifier")
-    C.eval().requires_grad_(False)
-    columns = torch.tensor([list(config["labels"]).index(n) for n in cfg.attributes])
-    return C, columns
-
-
 def train(config: dict) -> Tuple[AttributeEditor, dict]:
     """Supervise the editor with counterfactual renders (see the module docstring)."""
     cfg = _config(config)
-    critic = attribute_critic(cfg) if cfg.classifier_weight > 0 else None
+    critic = attribute_critic(cfg.classifier, cfg.attributes) if cfg.classifier_weight > 0 else None
     torch.manual_seed(cfg.seed)
     E = build(config).train()
     faces = torch.Generator().manual_seed(cfg.seed)
