@@ -101,6 +101,12 @@ def load_assets(names: Iterable[str], assets_dir: Optional[str] = None, device="
     return {name: zoo.load(name, device=device, assets_dir=folder) for name, folder in found.items()}
 
 
+def describe_assets(assets: Dict[str, nn.Module]) -> Dict[str, dict]:
+    """name -> where each zoo asset was loaded from and its SHA-256, for the record."""
+    return {name: {"sha256": (getattr(m, "zoo_info", None) or {}).get("sha256"),
+                   "metrics": (getattr(m, "zoo_info", None) or {}).get("metrics")} for name, m in assets.items()}
+
+
 def tokenizer_for(clip: nn.Module):
     """The tokenizer ZOOM should use with ``clip``: its own ``tokenizer`` attribute when it
     carries one (the tests' toy CLIP), else ``None`` (vmd_fast's open_clip tokenizer)."""

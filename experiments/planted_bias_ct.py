@@ -147,7 +147,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
                f"{s.diagnose_steps} steps; groups: {len(params)} fresh renders, a quarter per group.")
     common.write_results(args, f"Counterfactual training on a planted bias ({args.target})", summary,
                          [("Before and after.", ["Metric"] + columns, table)], [relation],
-                         {"models": rows, "ct_history": history.epochs, "prompts": prompts, "bias": bias}, s, started)
+                         {"assets": common.describe_assets(assets), "models": rows, "ct_history": history.epochs,
+                          "prompts": prompts, "bias": bias}, s, started)
     return {"rows": rows, "relation": relation}
 
 

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import os
-import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -68,7 +67,20 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS),
                         help="run only these experiments")
+    parser.add_argument("--collect-only", action="store_true",
+                        help="run nothing: write the page from the results already under --out")
     return parser.parse_args(argv)
+
+
+def _section(name: str, out: Path, note: str = ""):
+    """The summary row and the section of one experiment's results on disk (or None)."""
+    if not (out / "results.json").exists():
+        return None
+    record = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    verdicts = "; ".join(("holds" if r["holds"] else "does not hold") for r in record["relations"])
+    row = [f"`{name}`", verdicts, f"{record['wall_seconds']:.0f}", record["size"],
+           " ".join(r["statement"] for r in record["relations"]) + note]
+    return row, (out / "results.md").read_text(encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -80,23 +92,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         out = Path(args.out) / name
         script_args = ["--out", str(out), "--size", args.size, "--seed", str(args.seed), "--device", args.device]
         script_args += (["--assets", args.assets] if args.assets else []) + (["--no-progress"] if args.no_progress else [])
-        started = time.time()
-        try:
-            module.experiment(script_args)
-        except common.MissingAssets as error:
-            summary_rows.append([f"`{name}`", "not run", f"{time.time() - started:.0f}", str(error)])
-            sections.append(f"### `{name}`\n\nNot run: {error}\n")
+        if not args.collect_only:
+            try:
+                module.experiment(script_args)
+            except common.MissingAssets as error:
+                summary_rows.append([f"`{name}`", "not run", "", args.size, str(error)])
+                sections.append(f"### `{name}`\n\nNot run: {error}\n")
+                continue
+        found = _section(name, out)
+        if found is None:
+            summary_rows.append([f"`{name}`", "not run", "", "", f"no results under {out}"])
             continue
-        record = json.loads((out / "results.json").read_text(encoding="utf-8"))
-        verdicts = "; ".join(("holds" if r["holds"] else "does not hold") for r in record["relations"])
-        summary_rows.append([f"`{name}`", verdicts, f"{time.time() - started:.0f}",
-                             " ".join(r["statement"] for r in record["relations"])])
-        sections.append((out / "results.md").read_text(encoding="utf-8"))
-    machine = (f"Measured on {env['cpu']} ({env['cores']} cores, {env['torch_threads']} torch threads), "
-               f"torch {env['torch']}, Python {env['python']}, device `{args.device}`, on {env['date']}; "
-               f"size `{args.size}`, seed {args.seed}.")
+        summary_rows.append(found[0])
+        sections.append(found[1])
+    machine = (f"Page written on {env['cpu']} ({env['cores']} cores), torch {env['torch']}, Python "
+               f"{env['python']}, on {env['date']}; each experiment's own line names the machine, size and "
+               f"seed it ran with.")
     page = [INTRO, "## Summary", "", machine, "",
-            common.markdown_table(["Experiment", "Relation", "Wall time (s)", "Relation tested"], summary_rows), "",
+            common.markdown_table(["Experiment", "Relation", "Wall time (s)", "Size", "Relation tested"],
+                                  summary_rows), "",
             "## Results", ""] + sections
     Path(args.doc).parent.mkdir(parents=True, exist_ok=True)
     Path(args.doc).write_text("\n".join(page), encoding="utf-8")

@@ -158,7 +158,7 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
         args, "Tables 2.7 and 2.8: SIA adversarial training", summary,
         [("Table 2.7: accuracy (%) on clean renders and on adversaries.", ["Test set"] + columns, attack_rows),
          ("Table 2.8: SDAR of SIA's sensitivities (lower: less biased).", ["SIA bound"] + columns, sdar_rows)],
-        [relation], {"models": results, "histories": histories}, s, started)
+        [relation], {"assets": common.describe_assets(assets), "models": results, "histories": histories}, s, started)
     return {"results": results, "relation": relation}
 
 

@@ -193,8 +193,9 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     common.write_results(args, "Table 2.9: imbalanced training set (1:99)", summary,
                          [("Precision and recall of the minority class, accuracy (%) on a balanced test set.",
                            ["Strategy", "Precision", "Recall", "Accuracy (%)"], rows)],
-                         [relation], {"strategies": scores, "n_positive": n_pos, "n_train": len(labels),
-                                      "n_adversaries": len(adversaries)}, s, started)
+                         [relation], {"assets": common.describe_assets({"editor": editor}), "strategies": scores,
+                                      "n_positive": n_pos, "n_train": len(labels), "n_adversaries": len(adversaries)},
+                         s, started)
     return {"scores": scores, "relation": relation}
 
 

@@ -121,7 +121,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
                f"{s.n_train} renders, {s.n_generated} counterfactuals of {s.train_zoom_steps} ZOOM steps per batch.")
     common.write_results(args, "Table 3.3: counterfactual training", summary,
                          [("Values in %.", ["Metric", "Regular", "CT"], table)], [relation],
-                         {"models": rows, "ct_history": history.epochs, "prompts": prompts}, s, started)
+                         {"assets": common.describe_assets(assets), "models": rows, "ct_history": history.epochs,
+                          "prompts": prompts}, s, started)
     return {"rows": rows, "relation": relation}
 
 

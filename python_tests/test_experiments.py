@@ -178,10 +178,15 @@ def test_run_all_collects_the_tables_and_names_missing_assets(toy_world, tmp_pat
     page = doc.read_text()
     record = json.loads((tmp_path / "out" / "table_3_3_counterfactual_training" / "results.json").read_text())
     verdict = "holds" if record["relations"][0]["holds"] else "does not hold"
-    assert f"| `table_3_3_counterfactual_training` | {verdict} |" in page
+    assert f"| `table_3_3_counterfactual_training` | {verdict} | {record['wall_seconds']:.0f} | small |" in page
     assert "| `table_2_9_imbalanced` | not run |" in page and "missing zoo assets: editor" in page
     assert common.environment()["cpu"] in page and torch.__version__ in page
     assert "### Table 3.3: counterfactual training" in page
+    collected = tmp_path / "collected.md"
+    assert run_all.main(["--collect-only", "--out", str(tmp_path / "out"), "--doc", str(collected)]) == 0
+    collected_page = collected.read_text()
+    section = (tmp_path / "out" / "table_3_3_counterfactual_training" / "results.md").read_text()
+    assert section in collected_page and "| `planted_bias_ct` | not run |" in collected_page
 
 
 def test_an_experiment_repeats_exactly_for_a_fixed_seed(toy_world, tmp_path):
