@@ -22,6 +22,16 @@ generator's RGB pyramid against the average-pooled render; and between the image
 of the final image and of the render (sharp edges). Every step draws fresh :math:`z`, so
 nothing is memorised.
 
+A fourth term asks a frozen attribute classifier :math:`C` to find in :math:`G(z)` the
+binary attributes :math:`z` codes for (BCE, weight ``classifier_weight``; the conditional
+generator's auxiliary classifier of AC-GAN, Odena et al. 2017, here without the GAN).
+Regression alone, 3000 steps, gave blurry averages of the small attributes: the judge found
+eyeglasses, open mouths, moustaches and earrings in 0-4 % of the samples, and smiles and
+bangs no more often where :math:`z` asked for them than elsewhere. :math:`C` is trained by
+the recipe on renders with another seed
+(:func:`~vmd_fast.zoo.recipes.common.attribute_critic`); the shipped ``attribute_classifier``
+that :func:`evaluate` judges with is never used in training.
+
 A GAN would be the textbook objective, but on two CPU cores it does not converge in the
 budget; the regression gives the generator the StyleGAN2 *structure* (mapping, per-layer
 styles, modulated convolutions, toRGB) and a StyleSpace in which the attributes are
@@ -32,7 +42,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Sequence, Tuple
 
 import torch
@@ -45,19 +55,23 @@ from vmd_fast.domains.faces import (
     PARAM_DIM,
     PARAM_FIELDS,
     PART_NAMES,
+    attribute_vector,
     params_from_uniform,
     render,
     sample_params,
 )
 from vmd_fast.models.stylegan import Generator, GeneratorConfig, latent_to_uniform
 from vmd_fast.zoo.assets import load
-from vmd_fast.zoo.recipes.common import final_loss, one_cycle_training
+from vmd_fast.zoo.recipes.common import (
+    ATTRIBUTE_CLASSIFIER,
+    CRITIC_OVERRIDES,
+    attribute_critic,
+    final_loss,
+    one_cycle_training,
+)
 from vmd_fast.zoo.registry import Recipe, register
 
 logger = logging.getLogger(__name__)
-
-ATTRIBUTE_CLASSIFIER = "attribute_classifier"
-"""The zoo asset that checks which attributes the generator's samples show."""
 
 
 @dataclass
@@ -75,6 +89,9 @@ class GeneratorRecipeConfig:
         warmup_fraction: fraction of the steps spent warming up.
         pyramid_weight: weight of the L1 terms on the coarse levels of the RGB pyramid.
         gradient_weight: weight of the L1 term on image gradients (sharpness).
+        classifier_weight: weight of the attribute-classification term (0: none).
+        classifier: overrides of the ``attribute_classifier`` recipe for the recipe's own
+            frozen classifier (:func:`~vmd_fast.zoo.recipes.common.attribute_critic`).
         eval_n: latents evaluated by :func:`evaluate`.
         batch_eval: batch size of the evaluation.
         storage_dtype: dtype of the shipped weights.
@@ -93,6 +110,8 @@ class GeneratorRecipeConfig:
     warmup_fraction: float = 0.05
     pyramid_weight: float = 1.0
     gradient_weight: float = 1.0
+    classifier_weight: float = 0.1
+    classifier: Dict[str, object] = field(default_factory=lambda: dict(CRITIC_OVERRIDES))
     eval_n: int = 512
     batch_eval: int = 128
     storage_dtype: str = "float16"
@@ -183,6 +202,8 @@ def build(config: dict) -> Generator:
 def train(config: dict) -> Tuple[Generator, dict]:
     """Regress the generator onto the renderer (see the module docstring)."""
     cfg = _config(config)
+    critic = (attribute_critic(cfg.classifier, BINARY_ATTRIBUTES)
+              if cfg.classifier_weight > 0 else None)
     torch.manual_seed(cfg.seed)
     G = build(config).train()
     latents = torch.Generator().manual_seed(cfg.seed)
@@ -191,16 +212,24 @@ def train(config: dict) -> Tuple[Generator, dict]:
 
     def step_loss() -> Tensor:
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=latents)
-        target = render(params_from_uniform(latent_to_uniform(z)))  # the renderer's face of z
+        params = params_from_uniform(latent_to_uniform(z))
+        target = render(params)  # the renderer's face of z
         pixel_weights = weights[target.segmentation][:, None]  # (N, 1, 64, 64)
         pyramid = G.synthesis.pyramid(G.mapping_to_styles(z))
-        return regression_loss(pyramid, target.images, pixel_weights, cfg)
+        loss = regression_loss(pyramid, target.images, pixel_weights, cfg)
+        if critic is not None:
+            C, columns = critic
+            a = attribute_vector(params, BINARY_ATTRIBUTES)  # (N, 12): what z asks for
+            loss = loss + cfg.classifier_weight * F.binary_cross_entropy_with_logits(
+                C(pyramid[-1])[:, columns], a
+            )
+        return loss
 
     losses = one_cycle_training(optimizer, step_loss, cfg.steps, cfg.lr, cfg.warmup_fraction,
                                 "generator")
     return G.eval(), {
-        "objective": "regression onto the renderer (part-weighted L1, L1 pyramid, image-gradient L1), "
-        "not adversarial",
+        "objective": "regression onto the renderer (part-weighted L1, L1 pyramid, image-gradient L1) "
+        "+ BCE of a recipe-trained frozen attribute classifier on the samples, not adversarial",
         "steps": cfg.steps,
         "images_seen": cfg.steps * cfg.batch_size,
         "final_loss": final_loss(losses),
@@ -256,14 +285,17 @@ register(
         train=train,
         evaluate=evaluate,
         config=asdict(GeneratorRecipeConfig()),
-        tiny={"steps": 2, "batch_size": 4, "eval_n": 16, "channels": [16, 16, 8, 8, 8], "w_dim": 16},
+        tiny={"steps": 2, "batch_size": 4, "eval_n": 16, "channels": [16, 16, 8, 8, 8], "w_dim": 16,
+              "classifier": {**CRITIC_OVERRIDES, "n_train": 64, "epochs": 1, "batch_size": 32,
+                             "widths": [8, 8, 8, 8]}},
         checks={"attribute_rate_min": (">=", 0.10), "attribute_rate_max": ("<=", 0.90)},
         metadata={
             "description": "StyleGAN2-structured generator (mapping, per-layer styles = StyleSpace, "
             "modulated/demodulated convs, skip toRGB), 64x64; z ~ N(0, I) of dimension PARAM_DIM",
             "objective": "regression onto the procedural renderer through z -> Normal-CDF(z) -> "
-            "params_from_uniform -> render (part-weighted L1, L1 pyramid, image-gradient L1); "
-            "NOT adversarial",
+            "params_from_uniform -> render (part-weighted L1, L1 pyramid, image-gradient L1) + "
+            "BCE(C(G(z)), attributes of z) with C a frozen classifier the recipe trains on renders "
+            "(not the shipped attribute_classifier that judges the samples); NOT adversarial",
             "attributes": list(BINARY_ATTRIBUTES),
             "tolerances": {"psnr_vs_renderer": 0.5},
         },
