@@ -57,7 +57,7 @@ SIZES = {
     "small": Settings(n_train=64, n_groups=128, n_diagnose=2, diagnose_steps=10, epochs=1, batch_size=32, lr=1e-4,
                       n_generated=8, train_zoom_steps=5, relevance_images=2),
     "default": Settings(n_train=2048, n_groups=2000, n_diagnose=16, diagnose_steps=50, epochs=1, batch_size=64,
-                        lr=1e-4, n_generated=32, train_zoom_steps=20, relevance_images=8),
+                        lr=1e-4, n_generated=32, train_zoom_steps=20, relevance_images=2),
 }
 
 

@@ -61,7 +61,7 @@ SIZES = {
                       n_generated=8, train_zoom_steps=5, relevance_images=2),
     # About 10 min on one core: ZOOM costs ~10 ms per image and step (generator, target, SSIM, CLIP).
     "default": Settings(n_train=2048, n_test=2000, n_diagnose=16, diagnose_steps=100, epochs=1, batch_size=64,
-                        lr=1e-4, n_generated=32, train_zoom_steps=20, relevance_images=8),
+                        lr=1e-4, n_generated=32, train_zoom_steps=20, relevance_images=2),
 }
 
 
