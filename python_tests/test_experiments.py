@@ -67,15 +67,21 @@ def _run(module, tmp_path, *extra):
     return record, markdown
 
 
-def test_missing_assets_are_named_in_one_line(tmp_path, capsys):
+def test_missing_assets_are_named_in_one_line(tmp_path, capsys, monkeypatch):
+    with pytest.raises(common.MissingAssets) as error:
+        common.load_assets(["smile_classifier", "no_such_generator", "no_such_clip"], str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("missing zoo assets: no_such_generator, no_such_clip (")
+    assert str(tmp_path) in message and "smile_classifier" not in message
+
     from experiments import table_3_3_counterfactual_training as script
 
-    code = script.main(["--size", "small", "--out", str(tmp_path / "x"), "--assets", str(tmp_path)])
-    message = capsys.readouterr().out.strip()
-    if code == 0:
-        pytest.skip("the generative assets are installed in the package")
-    assert code == 2 and "\n" not in message and "missing zoo assets:" in message
-    assert "generator" in message and "clip" in message and "smile_classifier" not in message.split("(")[0]
+    def missing(names, assets_dir=None, device="cpu"):
+        raise common.MissingAssets(message)
+
+    monkeypatch.setattr(common, "load_assets", missing)
+    assert script.main(["--size", "small", "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().out.strip() == f"error: {message}"
     assert not (tmp_path / "x" / "results.json").exists()
 
 
