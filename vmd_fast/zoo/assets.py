@@ -306,10 +306,14 @@ class CheckReport:
 
 
 def _tolerance(info: dict, metric: str, stored: float) -> float:
-    """Absolute tolerance of a re-measured metric: the recipe's, else 0.03 or 5 % of it."""
+    """Absolute tolerance of a re-measured metric: the recipe's, else 0.03 or 5 % of it.
+
+    A recipe's tolerance for ``"name"`` also covers the per-attribute ``"name/<attribute>"``.
+    """
     tolerances = info.get("tolerances", {})
-    if metric in tolerances:
-        return float(tolerances[metric])
+    for key in (metric, metric.split("/", 1)[0]):
+        if key in tolerances:
+            return float(tolerances[key])
     return max(0.03, 0.05 * abs(stored))
 
 

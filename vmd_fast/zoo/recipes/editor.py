@@ -252,7 +252,10 @@ register(
             "trains on renders (not the shipped attribute_classifier that judges the edits); "
             "NOT adversarial",
             "attributes": list(EDITOR_ATTRIBUTES),
-            "tolerances": {"reconstruction_psnr": 0.5, "edit_psnr": 0.5},
+            # Success rates over 256 fresh faces: one standard error of the difference of two
+            # measurements near 0.8 is 0.035; the tolerance allows about three.
+            "tolerances": {"reconstruction_psnr": 0.5, "edit_psnr": 0.5, "edit_success": 0.1,
+                           "edit_success_min": 0.1, "untouched_agreement": 0.03},
         },
     )
 )
