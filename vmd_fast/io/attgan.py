@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from vmd_fast.io.models import LoadError, read_state_dict
-from vmd_fast.models.editor import AttributeEditor, DecoderBlock, EditorConfig
+from vmd_fast.models.editor import AttributeEditor, EditorConfig
 
 
 class AttGANEditor(AttributeEditor):
@@ -53,25 +53,10 @@ class AttGANEditor(AttributeEditor):
 
     def __init__(self, config: EditorConfig, decoder_channels: Sequence[int], thres_int: float = 0.5,
                  negative_slope: float = 0.01):
-        super().__init__(config)
+        super().__init__(config, decoder_channels)
         self.thres_int = thres_int
         for block in self.encoder:
             block[2] = nn.LeakyReLU(negative_slope)
-        channels, num_blocks, num_attributes = config.channels, len(config.channels), len(config.attributes)
-        if len(decoder_channels) != num_blocks - 1:
-            raise ValueError(f"decoder_channels needs {num_blocks - 1} entries, got {list(decoder_channels)}")
-        outs = list(decoder_channels) + [3]
-        decoder, in_channels = [], channels[-1]
-        for i, out_channels in enumerate(outs):
-            width = in_channels + (num_attributes if i <= config.inject_layers else 0)
-            if 1 <= i <= config.shortcut_layers:
-                width += channels[num_blocks - 1 - i]
-            if i == num_blocks - 1:
-                decoder.append(nn.ConvTranspose2d(width, out_channels, 4, stride=2, padding=1))
-            else:
-                decoder.append(DecoderBlock(width, out_channels))
-            in_channels = out_channels
-        self.decoder = nn.ModuleList(decoder)
 
     def decode(self, h: Sequence[torch.Tensor], a: torch.Tensor) -> torch.Tensor:
         """Feature pyramid and attributes ``a`` (N, A) in [0, 1] to images (N, 3, H, W) in [0, 1]."""

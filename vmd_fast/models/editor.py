@@ -25,7 +25,7 @@ not adversarially (see :mod:`vmd_fast.zoo.recipes.editor`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -99,6 +99,8 @@ class AttributeEditor(nn.Module):
 
     Args:
         config: the architecture (:class:`EditorConfig`).
+        decoder_channels: output channels of every decoder block but the last (RGB);
+            default: the encoder's channels in reverse, as in AttGAN's reference code.
 
     Example:
         >>> E = AttributeEditor(EditorConfig(attributes=("smiling", "hat"), channels=(8, 16),
@@ -111,7 +113,7 @@ class AttributeEditor(nn.Module):
         torch.Size([2, 3, 64, 64])
     """
 
-    def __init__(self, config: EditorConfig):
+    def __init__(self, config: EditorConfig, decoder_channels: Optional[Sequence[int]] = None):
         super().__init__()
         self.config = config
         self.attributes = list(config.attributes)
@@ -130,7 +132,13 @@ class AttributeEditor(nn.Module):
         # to the image). Its input: the previous output (or the bottleneck), plus the
         # attributes (first block, and the `inject_layers` after it), plus the encoder
         # feature of the same resolution (the first `shortcut_layers` blocks after it).
-        decoder_out = list(reversed(channels[:-1])) + [3]
+        if decoder_channels is None:
+            decoder_channels = list(reversed(channels[:-1]))
+        if len(decoder_channels) != num_blocks - 1:
+            raise ValueError(
+                f"decoder_channels needs {num_blocks - 1} entries, got {list(decoder_channels)}"
+            )
+        decoder_out = list(decoder_channels) + [3]
         decoder, in_channels = [], channels[-1]
         for i, out_channels in enumerate(decoder_out):
             width = in_channels
