@@ -196,3 +196,75 @@ def test_cli_trains_tiny_lists_and_checks(tmp_path, capsys, keep_threads):
     # a tiny model does not meet the accuracy check: `check` says so and fails
     assert main(["check", "eyeglasses_classifier", "--assets", str(tmp_path)]) == 1
     assert "does not meet >= 0.95" in capsys.readouterr().out
+
+
+def test_recipes_that_share_work_train_in_one_task():
+    from vmd_fast.zoo.parallel import group_recipes
+
+    tasks = group_recipes(list(RECIPES))
+    owner = {name: task for task in tasks for name in task}
+    assert sorted(n for task in tasks for n in task) == sorted(RECIPES)
+    # one auxiliary classifier for both; the targets of one seed render their pool once
+    assert owner["generator"] == owner["editor"]
+    for task in tasks:
+        seeds = {str(RECIPES[n].config.get("seed")) for n in task}
+        kinds = {RECIPES[n].kind for n in task}
+        assert len(seeds) == 1 or kinds != {"target"}, task
+    assert owner["clip"] == ("clip",)
+
+
+def test_judged_recipes_wait_for_their_judge_and_it_goes_first():
+    from vmd_fast.zoo.parallel import dependencies, group_recipes, priorities
+
+    tasks = group_recipes(list(RECIPES))
+    owner = {name: task for task in tasks for name in task}
+    needs = dependencies(tasks)
+    assert needs[owner["editor"]] == [owner["attribute_classifier"]]
+    assert needs[owner["clip"]] == []
+    rank = priorities(tasks, needs, lambda name: 1.0)
+    judge_task, judged = owner["attribute_classifier"], owner["editor"]
+    assert rank[judge_task] == len(judge_task) + rank[judged]
+    # a judge outside the run is no dependency
+    assert dependencies([("editor", "generator")]) == {("editor", "generator"): []}
+
+
+def test_a_cycle_of_judges_is_refused(tmp_path, monkeypatch):
+    from vmd_fast.zoo import parallel
+
+    monkeypatch.setattr(parallel, "dependencies", lambda tasks: {t: [u for u in tasks if u != t] for t in tasks})
+    with pytest.raises(ValueError, match="none can go first"):
+        parallel.train_many(["hat_classifier", "clip"], tmp_path, tiny=True)
+
+
+def test_a_run_from_nothing_judges_with_the_classifier_it_trained(tmp_path, monkeypatch, keep_threads):
+    """The editor's edit success is measured by the attribute classifier of the same run."""
+    import vmd_fast.zoo.assets as assets
+    from vmd_fast.zoo.parallel import train_many
+
+    folders = []
+    real_load = assets.load
+
+    def spy(name, device="cpu", assets_dir=None):
+        if name == "attribute_classifier":
+            folders.append(assets_dir)
+        return real_load(name, device=device, assets_dir=assets_dir)
+
+    monkeypatch.setattr(assets, "load", spy)
+    order = []
+    results = train_many(["editor", "attribute_classifier"], tmp_path, tiny=True, threads=1,
+                         on_done=lambda name, info, error: order.append((name, error)))
+    assert order == [("attribute_classifier", None), ("editor", None)]
+    assert folders == [tmp_path]
+    assert set(results) == {"editor", "attribute_classifier"}
+
+
+def test_cli_trains_in_parallel_jobs(tmp_path, capsys):
+    names = ["hat_classifier", "landmark_detector"]
+    assert {str(RECIPES[n].config["seed"]) for n in names}.__len__() == 2, "needs two tasks"
+    assert main(["train", *names, "--tiny", "--jobs", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for name in names:
+        assert str(asset_paths(name, tmp_path)[0]) in out
+        zoo.load(name, assets_dir=tmp_path)
+    assert "(2 job(s))" in out
+    assert main(["train", "hat_classifier", "--tiny", "--jobs", "0"]) == 2

@@ -5,6 +5,7 @@ Examples::
     python -m vmd_fast.zoo list
     python -m vmd_fast.zoo train smile_classifier          # into the package's assets
     python -m vmd_fast.zoo train --all --tiny --out /tmp/z  # every recipe, seconds each
+    python -m vmd_fast.zoo train --all --jobs 2 --out DIR   # everything from nothing, 2 processes
     python -m vmd_fast.zoo check                            # re-measure every shipped asset
 """
 
@@ -17,8 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 from vmd_fast.zoo.assets import (
     ASSETS_DIR,
     AssetError,
@@ -27,12 +26,9 @@ from vmd_fast.zoo.assets import (
     failed_checks,
     flatten_metrics,
     list_assets,
-    train_asset,
 )
+from vmd_fast.zoo.parallel import train_many
 from vmd_fast.zoo.registry import recipes
-
-# Targets first: the generator's and the editor's acceptance checks use the attribute classifier.
-_KIND_ORDER = {"target": 0, "generator": 1, "editor": 2, "clip": 3}
 
 
 def _summary(metrics: dict, checks: dict) -> str:
@@ -88,20 +84,22 @@ def _train(args) -> int:
     if unknown:
         print(f"unknown recipes {unknown}; known: {', '.join(known)}", file=sys.stderr)
         return 2
-    # grouped by seed: recipes that share a training set render it once (targets' pool cache)
-    names = sorted(
-        known if args.all else args.names,
-        key=lambda n: (_KIND_ORDER[known[n].kind], str(known[n].config.get("seed")), n),
-    )
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        print("--jobs and --threads must be >= 1", file=sys.stderr)
+        return 2
     out = args.out
     if args.tiny and out is None:
         out = tempfile.mkdtemp(prefix="vmd_fast_zoo_tiny_")
     out = Path(out) if out is not None else ASSETS_DIR
-    torch.set_num_threads(args.threads)
+    names = known if args.all else args.names
     failures = 0
-    start = time.perf_counter()
-    for name in names:
-        info = train_asset(name, tiny=args.tiny, out_dir=out)
+
+    def report(name, info, error):
+        nonlocal failures
+        if error is not None:
+            failures += 1
+            print(f"{name}: ERROR {type(error).__name__}: {error}")
+            return
         weights, meta = asset_paths(name, out)
         failed = failed_checks(info["metrics"], known[name].checks)
         status = (
@@ -111,11 +109,18 @@ def _train(args) -> int:
         )
         print(
             f"{name}: {info['training']['seconds']:.0f} s, "
-            f"{_summary(info['metrics'], known[name].checks)} [{status}]"
+            f"{_summary(info['metrics'], known[name].checks)} [{status}]",
+            flush=True,
         )
-        print(f"  wrote {weights} ({info['bytes'] / 1e6:.2f} MB) and {meta}")
+        print(f"  wrote {weights} ({info['bytes'] / 1e6:.2f} MB) and {meta}", flush=True)
         failures += bool(failed) and not args.tiny
-    print(f"trained {len(names)} asset(s) into {out} in {time.perf_counter() - start:.0f} s")
+
+    start = time.perf_counter()
+    train_many(list(names), out, tiny=args.tiny, jobs=args.jobs, threads=args.threads, on_done=report)
+    print(
+        f"trained {len(names)} asset(s) into {out} in {time.perf_counter() - start:.0f} s "
+        f"({args.jobs} job(s))"
+    )
     return 1 if failures else 0
 
 
@@ -166,7 +171,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--out", type=Path, default=None, help="output folder (default: the package's assets)"
     )
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="recipes trained at once, each in its own process (default: 1, in this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per job (default: the cores divided among the jobs)",
+    )
     p.set_defaults(run=_train)
 
     p = sub.add_parser(

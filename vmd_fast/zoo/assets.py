@@ -263,6 +263,8 @@ def train_asset(
     Returns:
         The asset's JSON dict (its ``metrics`` are measured after rounding to storage).
     """
+    from vmd_fast.zoo.recipes.common import judges_from
+
     recipe = get_recipe(name)
     config = recipe.resolved_config(tiny=tiny, **overrides)
     start = time.perf_counter()
@@ -270,7 +272,7 @@ def train_asset(
     seconds = time.perf_counter() - start
     round_to_storage(module, getattr(torch, config.get("storage_dtype", "float16")))
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), judges_from(out_dir):
         metrics = recipe.evaluate(module, config)
     training = {"seconds": round(seconds, 1), "threads": torch.get_num_threads(), **training}
     info = save_asset(recipe, module, config, metrics, training, out_dir)
@@ -343,7 +345,9 @@ def check_asset(
             eval_seed if eval_seed is not None else config["eval_seed"] + _CHECK_SEED_OFFSET
         )
     config.update(overrides)
-    with torch.no_grad():
+    from vmd_fast.zoo.recipes.common import judges_from
+
+    with torch.no_grad(), judges_from(assets_dir):
         measured = flatten_metrics(get_recipe(name).evaluate(module, config))
     stored = flatten_metrics(info["metrics"])
     report = CheckReport(name, stored, measured)

@@ -45,6 +45,9 @@ class Recipe:
         checks: metric -> (``">="`` or ``"<="``, threshold): the acceptance figures.
         metadata: stored in the asset's JSON (e.g. ``task``, ``labels``, ``bias``,
             ``description``, ``tolerances``: metric -> absolute tolerance of the re-check).
+        judged_by: other assets ``evaluate`` loads to measure this one (through
+            :func:`vmd_fast.zoo.recipes.common.judge`); ``train --all --jobs N`` writes them
+            first.
     """
 
     name: str
@@ -56,6 +59,7 @@ class Recipe:
     tiny: dict
     checks: Dict[str, Tuple[str, float]]
     metadata: dict = field(default_factory=dict)
+    judged_by: Tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:

@@ -4,8 +4,11 @@ the frozen attribute classifier (AttGAN's :math:`C`) some of them train against.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -73,6 +76,35 @@ ATTRIBUTE_CLASSIFIER = "attribute_classifier"
 CRITIC_OVERRIDES: Dict[str, object] = {"seed": 21, "eval_seed": 121}
 """How the recipes' own classifier differs from the shipped judge: another seed (so other
 training renders and another initialisation); everything else is that recipe's config."""
+
+
+_JUDGES_DIR: ContextVar[Optional[Path]] = ContextVar("judges_dir", default=None)
+
+
+@contextmanager
+def judges_from(assets_dir) -> Iterator[None]:
+    """Within the block, :func:`judge` prefers the assets in ``assets_dir`` (a training run's
+    output folder, or the folder being checked) to the package's."""
+    token = _JUDGES_DIR.set(None if assets_dir is None else Path(assets_dir))
+    try:
+        yield
+    finally:
+        _JUDGES_DIR.reset(token)
+
+
+def judge(name: str = ATTRIBUTE_CLASSIFIER) -> torch.nn.Module:
+    """The zoo asset that measures another asset (the ``attribute_classifier``).
+
+    Taken from the folder set by :func:`judges_from` when it holds one, so that a run
+    training every asset from nothing into a new folder judges with the classifier it
+    trained there; otherwise the package's.
+    """
+    from vmd_fast.zoo.assets import asset_paths, load
+
+    folder = _JUDGES_DIR.get()
+    if folder is not None and asset_paths(name, folder)[1].exists():
+        return load(name, assets_dir=folder)
+    return load(name)
 
 
 @lru_cache(maxsize=4)

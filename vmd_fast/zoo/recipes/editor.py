@@ -42,11 +42,11 @@ from torch import Tensor
 
 from vmd_fast.domains.faces import EDITOR_ATTRIBUTES, attribute_vector, render, sample_params
 from vmd_fast.models.editor import AttributeEditor, EditorConfig
-from vmd_fast.zoo.assets import load
 from vmd_fast.zoo.recipes.common import (
     ATTRIBUTE_CLASSIFIER,
     CRITIC_OVERRIDES,
     attribute_critic,
+    judge,
     final_loss,
     one_cycle_training,
 )
@@ -193,7 +193,7 @@ def evaluate(E: AttributeEditor, config: dict) -> Dict[str, object]:
     """
     cfg = _config(config)
     E.eval()
-    classifier = load(ATTRIBUTE_CLASSIFIER)
+    classifier = judge(ATTRIBUTE_CLASSIFIER)
     names = list(cfg.attributes)
     columns = [list(classifier.labels).index(n) for n in names]
     faces = torch.Generator().manual_seed(cfg.eval_seed)
@@ -236,6 +236,7 @@ register(
         build=build,
         train=train,
         evaluate=evaluate,
+        judged_by=(ATTRIBUTE_CLASSIFIER,),
         config=asdict(EditorRecipeConfig()),
         tiny={
             "steps": 2, "batch_size": 4, "eval_n": 8, "channels": [8, 8, 8, 8],

@@ -61,11 +61,11 @@ from vmd_fast.domains.faces import (
     sample_params,
 )
 from vmd_fast.models.stylegan import Generator, GeneratorConfig, latent_to_uniform
-from vmd_fast.zoo.assets import load
 from vmd_fast.zoo.recipes.common import (
     ATTRIBUTE_CLASSIFIER,
     CRITIC_OVERRIDES,
     attribute_critic,
+    judge,
     final_loss,
     one_cycle_training,
 )
@@ -252,7 +252,7 @@ def evaluate(G: Generator, config: dict) -> Dict[str, object]:
     """
     cfg = _config(config)
     G.eval()
-    classifier = load(ATTRIBUTE_CLASSIFIER)
+    classifier = judge(ATTRIBUTE_CLASSIFIER)
     names = list(classifier.labels)
     latents = torch.Generator().manual_seed(cfg.eval_seed)
     z = torch.randn(cfg.eval_n, cfg.z_dim, generator=latents)
@@ -284,6 +284,7 @@ register(
         build=build,
         train=train,
         evaluate=evaluate,
+        judged_by=(ATTRIBUTE_CLASSIFIER,),
         config=asdict(GeneratorRecipeConfig()),
         tiny={"steps": 2, "batch_size": 4, "eval_n": 16, "channels": [16, 16, 8, 8, 8], "w_dim": 16,
               "classifier": {**CRITIC_OVERRIDES, "n_train": 64, "epochs": 1, "batch_size": 32,
