@@ -63,6 +63,29 @@ def test_counterfactual_training_resumes_to_the_same_weights(colour_world, tmp_p
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("labels", ["prediction", "probability"])
+def test_counterfactuals_are_labelled_with_the_original_prediction(colour_world, monkeypatch, labels):
+    """Eq. 3.12: the target of a counterfactual is the original model's predicted class
+    (or, on request, its probability) of the unedited image."""
+    seen, real = [], train.supervised_loss
+    monkeypatch.setattr(train, "supervised_loss", lambda m, out, y: seen.append(y.detach().clone()) or real(m, out, y))
+    _cf(colour_world, epochs=1, counterfactual_labels=labels)
+    generated = torch.cat(seen[1::2])  # each batch: the real loss, then the generated one
+    assert generated.numel() == 3 * 8
+    hard = (generated == 0) | (generated == 1)
+    assert bool(hard.all()) == (labels == "prediction")
+    with pytest.raises(ValueError, match="counterfactual_labels must be one of"):
+        _cf(colour_world, counterfactual_labels="logits")
+
+
+def test_predicted_labels_are_the_argmax_in_the_soft_labels_shape():
+    binary, multi = SmallClassifier(), nn.Identity()
+    logits = torch.tensor([[2.0], [-1.0]])
+    assert torch.equal(train.predicted_labels(binary, logits), torch.tensor([[1.0], [0.0]]))
+    scores = torch.tensor([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0]])
+    assert torch.equal(train.predicted_labels(multi, scores), torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
 @pytest.mark.parametrize("attack", ["pgd", "sia", "spt"])
 def test_adversarial_training_runs_each_attack(colour_world, attack):
     _, _, _, data = colour_world

@@ -321,6 +321,8 @@ def _train(args, device: torch.device) -> int:
             raise UsageError("--attributes: counterfactual training needs the attribute prompts to edit, e.g. 'a hat,a beard'")
         if args.steps is not None:
             overrides["zoom_steps"] = args.steps
+        if args.counterfactual_labels is not None:
+            overrides["counterfactual_labels"] = args.counterfactual_labels
         generator = _optional("generator", args.generator, device, args)
         clip = _optional("clip", args.clip, device, args)
         model, history = train.counterfactual(target, train_data, attributes, generator=generator, clip=clip,
@@ -489,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(tr, ("generator", "clip", "editor"))
     tr.add_argument("--attack", choices=("sia", "pgd", "spt"), default="pgd", help="adversarial: the attack")
     tr.add_argument("--attributes", help="counterfactual: comma-separated attribute prompts to edit")
+    tr.add_argument("--counterfactual-labels", choices=("prediction", "probability"), default=None,
+                    help="counterfactual: fit each counterfactual to the original prediction's class (default) "
+                         "or its probabilities")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float)

@@ -44,6 +44,9 @@ from vmd_fast import attacks, distributed, ops, sia, zoom
 from vmd_fast.diagnose.targets import adapter_for, target_label
 
 
+COUNTERFACTUAL_LABELS = ("prediction", "probability")
+
+
 @dataclass
 class TrainConfig:
     """Settings shared by both trainers.
@@ -56,6 +59,10 @@ class TrainConfig:
         zoom_steps, zoom_lr, zoom_eps, n_generated: counterfactual search per batch
             (``n_generated`` images, multi-attribute, thesis eta = 0.2, eps = 30).
         attack_steps: steps of the SIA / PGD / SPT attack per batch.
+        counterfactual_labels: what counterfactual training fits a counterfactual to: the
+            original model's predicted class of the unedited image (``"prediction"``, the
+            thesis's "original predictions as labels", Eq. 3.12) or its probabilities
+            (``"probability"``, which keeps an unsure prediction unsure).
     """
 
     epochs: int = 3
@@ -69,6 +76,12 @@ class TrainConfig:
     zoom_eps: float = 30.0
     n_generated: int = 32
     attack_steps: int = 20
+    counterfactual_labels: str = "prediction"
+
+    def __post_init__(self):
+        if self.counterfactual_labels not in COUNTERFACTUAL_LABELS:
+            raise ValueError(f"counterfactual_labels must be one of {COUNTERFACTUAL_LABELS}, "
+                             f"got {self.counterfactual_labels!r}")
 
 
 @dataclass
@@ -108,6 +121,14 @@ def soft_labels(model: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
     """The prediction as a training target: probabilities (sigmoid or softmax)."""
     task = getattr(model, "task", None) or ("binary" if outputs.shape[-1] == 1 else "multiclass")
     return torch.sigmoid(outputs.float()) if task in ("binary", "attributes") else outputs.float().softmax(dim=1)
+
+
+def predicted_labels(model: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
+    """The predicted class as a training target, in :func:`soft_labels`'s shape (0/1 or one-hot)."""
+    probabilities = soft_labels(model, outputs)
+    if probabilities.shape[-1] == 1 or getattr(model, "task", None) == "attributes":
+        return (probabilities > 0.5).float()
+    return F.one_hot(probabilities.argmax(dim=1), probabilities.shape[1]).float()
 
 
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 256, device=None) -> float:
@@ -229,7 +250,8 @@ def counterfactual(
 
     Each batch of real data is paired with ``n_generated`` generator images whose ZOOM
     multi-attribute counterfactuals (along ``attributes``, against the model as it is now)
-    are labelled with the *original* model's prediction of the unedited image. Under
+    are labelled with the *original* model's prediction of the unedited image (its class,
+    or its probabilities with ``counterfactual_labels="probability"``). Under
     ``torchrun`` each rank searches its block of the ``n_generated`` latents.
 
     Returns:
@@ -263,7 +285,7 @@ def counterfactual(
         with torch.no_grad():
             s0 = generator.flatten_styles(generator.mapping_to_styles(z))
             x0 = generator.synthesize(generator.unflatten_styles(s0))
-            label = soft_labels(frozen, frozen(x0))
+            label = (predicted_labels if cfg.counterfactual_labels == "prediction" else soft_labels)(frozen, frozen(x0))
         adapter = adapter_for(current, example=x0)
         with torch.no_grad():
             ref = adapter.reference(adapter.outputs(x0))
