@@ -60,6 +60,19 @@ def parse_args(name: str, description: str, argv: Optional[Sequence[str]] = None
     return args
 
 
+CT_LABELS = {"prediction": "predicted class", "probability": "probabilities"}
+"""--ct-labels value -> how a summary line says it."""
+
+
+def add_ct_labels_argument(parser: argparse.ArgumentParser) -> None:
+    """``--ct-labels``: what counterfactual training fits a counterfactual to."""
+    from vmd_fast.train import COUNTERFACTUAL_LABELS
+
+    parser.add_argument("--ct-labels", choices=COUNTERFACTUAL_LABELS, default="prediction",
+                        help="CT's counterfactual labels: the original predicted class (Eq. 3.12, default) "
+                             "or its probabilities")
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global generator (initialisation, augmentation draws); every data set
     and search has its own seeded generator, so a run on the CPU repeats exactly."""

@@ -63,6 +63,7 @@ SIZES = {
 
 def _extra(parser):
     parser.add_argument("--target", default="smile_bias_hat", help="zoo planted-bias classifier (default: %(default)s)")
+    common.add_ct_labels_argument(parser)
 
 
 def measure(model, label: str, planted: str, groups, prompts, generator, clip, rel, s: Settings, args) -> dict:
@@ -113,7 +114,7 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
         common.trainable_copy(biased), train_set, list(prompts.values()), generator=generator, clip=clip,
         relevance=rel, device=args.device, progress=args.progress, tokenizer=common.tokenizer_for(clip),
         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, n_generated=s.n_generated,
-        zoom_steps=s.train_zoom_steps, seed=args.seed)
+        zoom_steps=s.train_zoom_steps, seed=args.seed, counterfactual_labels=args.ct_labels)
     rows["CT"] = evaluate(ct)
 
     columns = list(rows)
@@ -143,7 +144,7 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     summary = (f"Target `{args.target}`: `{label}` trained where P({planted} = {label}) = {bias['p']}. CT and the "
                f"control: {s.epochs} epoch(s) on {s.n_train} renders of that biased distribution, lr {s.lr:g}; CT "
                f"adds {s.n_generated} counterfactuals of {s.train_zoom_steps} ZOOM steps per batch along "
-               f"{len(prompts)} attributes. ZOOM sensitivities on {s.n_diagnose} held-out generator samples, "
+               f"{len(prompts)} attributes, labelled with the biased model's {common.CT_LABELS[args.ct_labels]}. ZOOM sensitivities on {s.n_diagnose} held-out generator samples, "
                f"{s.diagnose_steps} steps; groups: {len(params)} fresh renders, a quarter per group.")
     common.write_results(args, f"Counterfactual training on a planted bias ({args.target})", summary,
                          [("Before and after.", ["Metric"] + columns, table)], [relation],

@@ -67,6 +67,7 @@ SIZES = {
 
 def _extra(parser):
     parser.add_argument("--target", default="smile_classifier", help="zoo classifier to train (default: %(default)s)")
+    common.add_ct_labels_argument(parser)
 
 
 def flip_resistance(model, prompts, generator, clip, relevance, s: Settings, args):
@@ -97,7 +98,7 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
         common.trainable_copy(regular), train_set, list(prompts.values()), generator=generator, clip=clip,
         relevance=rel, device=args.device, progress=args.progress, tokenizer=common.tokenizer_for(clip),
         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, n_generated=s.n_generated,
-        zoom_steps=s.train_zoom_steps, seed=args.seed)
+        zoom_steps=s.train_zoom_steps, seed=args.seed, counterfactual_labels=args.ct_labels)
     rows["CT"] = {"accuracy": train.accuracy(ct, test, device=args.device)}
     rows["CT"].update(flip_resistance(ct, prompts.values(), generator, clip, rel, s, args))
 
@@ -118,7 +119,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
                f"({', '.join(prompts.values())}). Accuracy on {s.n_test} fresh renders; flip resistance on "
                f"{s.n_diagnose} held-out generator samples x {len(prompts)} attributes (single) and "
                f"{s.n_diagnose} multi-attribute searches, eta = 0.2, eps = 30. CT: {s.epochs} epoch(s) on "
-               f"{s.n_train} renders, {s.n_generated} counterfactuals of {s.train_zoom_steps} ZOOM steps per batch.")
+               f"{s.n_train} renders, {s.n_generated} counterfactuals of {s.train_zoom_steps} ZOOM steps per batch, "
+               f"labelled with the regular model's {common.CT_LABELS[args.ct_labels]}.")
     common.write_results(args, "Table 3.3: counterfactual training", summary,
                          [("Values in %.", ["Metric", "Regular", "CT"], table)], [relation],
                          {"assets": common.describe_assets(assets), "models": rows, "ct_history": history.epochs,

@@ -99,6 +99,7 @@ def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
     expected = min(gain) >= script.FR_MARGIN and accuracy_change <= script.ACCURACY_TOLERANCE
     assert record["relations"][0]["holds"] == expected
     assert f"{100 * models['regular']['accuracy']:.2f}" in markdown
+    assert record["arguments"]["ct_labels"] == "prediction" and "regular model's predicted class" in markdown
 
 
 def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_path):
