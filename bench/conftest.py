@@ -29,3 +29,10 @@ def pytest_terminal_summary(terminalreporter, config):
         if timed:
             terminalreporter.write_sep("=", f"vmd_fast speed-ups on {machine_description(device)}")
             terminalreporter.write_line(markdown_table(ratio_rows(timings, timed)))
+
+    rates = [(b.extra_info.get("group", ""), b.extra_info["impl"], b.extra_info["gflop_per_second"])
+             for b in session.benchmarks if b.stats and "gflop_per_second" in b.extra_info]
+    if rates:
+        terminalreporter.write_sep("=", "matmul/convolution GFLOP/s on the CPU (torch.utils.flop_counter)")
+        for group, impl, rate in rates:
+            terminalreporter.write_line(f"{group} [{impl}]: {rate:.1f} GFLOP/s")

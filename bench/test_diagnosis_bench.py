@@ -9,6 +9,7 @@ Sizes are small enough for 2 CPU cores; on a GPU the batched side runs larger ba
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import diagnosis_cases as cases
 
@@ -18,11 +19,32 @@ STEPS = 5
 
 
 def _timed(benchmark, device, group, impl, work, run):
-    run()  # warm-up (and CUDA-graph capture) outside the timing
+    # warm-up (and CUDA-graph capture) outside the timing; on the CPU it also counts the
+    # matmul/convolution FLOPs of one run, forward and backward, to set against the peak
+    flops = None
+    if device == "cpu":
+        with FlopCounterMode(display=False) as counter:
+            run()
+        flops = counter.get_total_flops()
+    else:
+        run()
     benchmark.group = f"{device} {group}"
     benchmark.extra_info.update(device=device, impl=impl, group=group, bytes_moved=0, work=work)
     benchmark.pedantic(run, rounds=3, iterations=1)
-    benchmark.extra_info["per_second"] = work / benchmark.stats.stats.median
+    median = benchmark.stats.stats.median
+    benchmark.extra_info["per_second"] = work / median
+    if flops is not None:
+        benchmark.extra_info["gflop_per_second"] = flops / median / 1e9
+
+
+@pytest.mark.slow
+def test_cpu_matmul_peak(benchmark):
+    """What this CPU's BLAS reaches on a large float32 GEMM with the same threads: the roof
+    the diagnosis loops' GFLOP/s are compared with."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    benchmark.extra_info.update(device="cpu-peak", impl="torch.mm 2048", group="peak", bytes_moved=0)
+    benchmark.pedantic(lambda: torch.mm(a, b), rounds=5, iterations=2, warmup_rounds=1)
+    benchmark.extra_info["gflop_per_second"] = 2 * 2048**3 / benchmark.stats.stats.median / 1e9
 
 
 @pytest.mark.slow
