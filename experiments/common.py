@@ -249,6 +249,55 @@ class Relation:
         return f"**Relation {verdict}**: {self.statement} (rule: {self.rule}; measured: {self.evidence})."
 
 
+@dataclass
+class Chart:
+    """A grouped bar chart of measured numbers, drawn next to ``results.md``.
+
+    Args:
+        file: PNG file name inside the experiment's output folder.
+        title: the chart's title (also its alt text in the markdown).
+        ylabel: the value axis.
+        categories: the groups along the horizontal axis.
+        series: legend entry -> one value per category (None or NaN: no bar).
+    """
+
+    file: str
+    title: str
+    ylabel: str
+    categories: Sequence[str]
+    series: Dict[str, Sequence[Optional[float]]]
+
+
+def draw_chart(chart: Chart, folder: Path) -> Path:
+    """Draw ``chart`` as ``folder / chart.file`` (matplotlib, Agg backend); its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(chart.series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(chart.categories) + 2), 3.6), dpi=110)
+    for i, (name, values) in enumerate(chart.series.items()):
+        heights = [math.nan if v is None else float(v) for v in values]
+        ax.bar([c + (i - (len(chart.series) - 1) / 2) * width for c in range(len(chart.categories))], heights,
+               width, label=name)
+    ax.set_xticks(range(len(chart.categories)), chart.categories, rotation=25, ha="right", fontsize=8)
+    ax.set_ylabel(chart.ylabel)
+    ax.set_title(chart.title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(folder) / chart.file
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def chart_markdown(charts: Sequence[Chart], prefix: str = "") -> list:
+    """Markdown lines that show ``charts`` (their files under ``prefix``)."""
+    return [f"![{c.title}]({prefix}{c.file})" for c in charts]
+
+
 def fmt(value, digits: int = 4) -> str:
     """A table cell: floats to ``digits`` decimals, NaN as "n/a", anything else as text."""
     if isinstance(value, bool):
@@ -303,7 +352,8 @@ def _jsonable(value):
 
 
 def write_results(args: argparse.Namespace, title: str, summary: str, tables: Sequence[tuple],
-                  relations: Sequence[Relation], measurements: dict, settings, started: float) -> Path:
+                  relations: Sequence[Relation], measurements: dict, settings, started: float,
+                  charts: Callable[[dict], Sequence[Chart]] = lambda measurements: ()) -> Path:
     """Write ``results.md`` and ``results.json`` into ``args.out`` and say where they went.
 
     Args:
@@ -311,6 +361,7 @@ def write_results(args: argparse.Namespace, title: str, summary: str, tables: Se
         measurements: every measured number (the JSON's ``measurements``).
         settings: the size's settings (a dataclass), recorded with the command line.
         started: ``time.time()`` at the start of the run (the wall time is reported).
+        charts: the experiment's charts of the (JSON-ready) measurements; drawn as PNGs.
 
     Returns:
         The output folder.
@@ -323,6 +374,10 @@ def write_results(args: argparse.Namespace, title: str, summary: str, tables: Se
     for caption, headers, rows in tables:
         md += [f"*{caption}*", "", markdown_table(headers, rows), ""]
     md += [r.line() for r in relations] + [""]
+    drawn = list(charts(_jsonable(measurements)))
+    for chart in drawn:
+        draw_chart(chart, out)
+    md += chart_markdown(drawn) + ([""] if drawn else [])
     md.append(f"Size `{args.size}`, seed {args.seed}, {wall:.0f} s on {env['cpu']} "
               f"({env['torch_threads']} torch threads), torch {env['torch']}, {env['date']}.")
     (out / "results.md").write_text("\n".join(md) + "\n", encoding="utf-8")

@@ -87,6 +87,15 @@ def measure(model, label: str, planted: str, groups, prompts, generator, clip, r
     return out
 
 
+def charts(measurements: dict) -> list:
+    """ZOOM's sensitivity histogram of the biased, the control and the CT model."""
+    models = measurements["models"]
+    attributes = list(next(iter(models.values()))["zoom_sensitivity"])
+    return [common.Chart("zoom_sensitivity.png", f"ZOOM sensitivities, planted: {measurements['bias']['spurious']}",
+                         "sensitivity", attributes,
+                         {m: [models[m]["zoom_sensitivity"][a] for a in attributes] for m in models})]
+
+
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
@@ -149,7 +158,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     common.write_results(args, f"Counterfactual training on a planted bias ({args.target})", summary,
                          [("Before and after.", ["Metric"] + columns, table)], [relation],
                          {"assets": common.describe_assets(assets), "models": rows, "ct_history": history.epochs,
-                          "prompts": prompts, "bias": bias}, s, started)
+                          "prompts": prompts, "bias": bias}, s, started,
+                         charts=charts)
     return {"rows": rows, "relation": relation}
 
 

@@ -80,15 +80,29 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _section(name: str, out: Path, note: str = ""):
-    """The summary row and the section of one experiment's results on disk (or None)."""
+def _section(name: str, out: Path, module, doc: Path):
+    """The summary row and the section of one experiment's results on disk (or None).
+
+    The experiment's charts are drawn again from its ``results.json`` and copied next to
+    the page (``<doc folder>/experiments/<name>/``), so the page shows them wherever
+    ``--out`` was.
+    """
     if not (out / "results.json").exists():
         return None
     record = json.loads((out / "results.json").read_text(encoding="utf-8"))
     verdicts = "; ".join(("holds" if r["holds"] else "does not hold") for r in record["relations"])
     row = [f"`{name}`", verdicts, f"{record['wall_seconds']:.0f}", record["size"],
-           " ".join(r["statement"] for r in record["relations"]) + note]
-    return row, (out / "results.md").read_text(encoding="utf-8")
+           " ".join(r["statement"] for r in record["relations"])]
+    lines = [line for line in (out / "results.md").read_text(encoding="utf-8").splitlines()
+             if not line.startswith("![")]
+    charts = list(getattr(module, "charts", lambda measurements: ())(record["measurements"]))
+    if charts:
+        folder = doc.parent / "experiments" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for chart in charts:
+            common.draw_chart(chart, folder)
+        lines += common.chart_markdown(charts, prefix=f"experiments/{name}/") + [""]
+    return row, "\n".join(lines) + "\n"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,7 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 summary_rows.append([f"`{name}`", "not run", "", args.size, str(error)])
                 sections.append(f"### `{name}`\n\nNot run: {error}\n")
                 continue
-        found = _section(name, out)
+        found = _section(name, out, module, Path(args.doc))
         if found is None:
             summary_rows.append([f"`{name}`", "not run", "", "", f"no results under {out}"])
             continue

@@ -108,6 +108,20 @@ def evaluate(model, editor, test, label: str, s: Settings, args) -> Dict[str, fl
     return out
 
 
+def charts(measurements: dict) -> list:
+    """Table 2.7's accuracies and Table 2.8's SDAR, one series per model."""
+    models = measurements["models"]
+    first = next(iter(models.values()))
+    tests = [k for k in first if not k.startswith(("SDAR", "sensitivity"))]
+    bounds = [k for k in first if k.startswith("SDAR")]
+    return [
+        common.Chart("accuracy_under_attack.png", "Table 2.7: accuracy on clean renders and adversaries", "%",
+                     tests, {m: [100 * models[m][k] for k in tests] for m in models}),
+        common.Chart("sdar.png", "Table 2.8: SDAR of SIA's sensitivities (lower: less biased)", "SDAR",
+                     bounds, {m: [models[m][k] for k in bounds] for m in models}),
+    ]
+
+
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
@@ -158,7 +172,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
         args, "Tables 2.7 and 2.8: SIA adversarial training", summary,
         [("Table 2.7: accuracy (%) on clean renders and on adversaries.", ["Test set"] + columns, attack_rows),
          ("Table 2.8: SDAR of SIA's sensitivities (lower: less biased).", ["SIA bound"] + columns, sdar_rows)],
-        [relation], {"assets": common.describe_assets(assets), "models": results, "histories": histories}, s, started)
+        [relation], {"assets": common.describe_assets(assets), "models": results, "histories": histories}, s, started,
+        charts=charts)
     return {"results": results, "relation": relation}
 
 

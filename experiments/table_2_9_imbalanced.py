@@ -134,6 +134,14 @@ def sia_augmentation(model, editor, train_set: TensorDataset, label: str, s: Set
     return TensorDataset(images, torch.ones(len(images)), torch.zeros(len(images), a_all.shape[1]))
 
 
+def charts(measurements: dict) -> list:
+    """Minority-class precision and recall and the balanced accuracy of every strategy."""
+    scores = measurements["strategies"]
+    keys = ("precision", "recall", "accuracy")
+    return [common.Chart("strategies.png", "Table 2.9: 1:99 training set, minority class", "fraction",
+                         list(scores), {k: [scores[name][k] for name in scores] for k in keys})]
+
+
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
@@ -195,7 +203,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
                            ["Strategy", "Precision", "Recall", "Accuracy (%)"], rows)],
                          [relation], {"assets": common.describe_assets({"editor": editor}), "strategies": scores,
                                       "n_positive": n_pos, "n_train": len(labels), "n_adversaries": len(adversaries)},
-                         s, started)
+                         s, started,
+                         charts=charts)
     return {"scores": scores, "relation": relation}
 
 

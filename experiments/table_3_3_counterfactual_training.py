@@ -79,6 +79,14 @@ def flip_resistance(model, prompts, generator, clip, relevance, s: Settings, arg
     return result.metrics
 
 
+def charts(measurements: dict) -> list:
+    """Accuracy and flip resistance of the regular and the CT model, in %."""
+    keys = ["accuracy"] + [f"{mode}_FR-{k}" for mode in ("multi", "single") for k in (25, 100)]
+    models = measurements["models"]
+    return [common.Chart("accuracy_and_flip_resistance.png", "Table 3.3: regular vs counterfactual training",
+                         "%", keys, {m: [100 * models[m][k] for k in keys] for m in models})]
+
+
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
@@ -124,7 +132,8 @@ def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     common.write_results(args, "Table 3.3: counterfactual training", summary,
                          [("Values in %.", ["Metric", "Regular", "CT"], table)], [relation],
                          {"assets": common.describe_assets(assets), "models": rows, "ct_history": history.epochs,
-                          "prompts": prompts}, s, started)
+                          "prompts": prompts}, s, started,
+                         charts=charts)
     return {"rows": rows, "relation": relation}
 
 

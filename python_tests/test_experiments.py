@@ -64,6 +64,10 @@ def _run(module, tmp_path, *extra):
         verdict = "holds" if relation["holds"] else "does not hold"
         assert f"**Relation {verdict}**: {relation['statement']}" in markdown
     assert markdown.count("|---|") >= 1
+    charts = [line for line in markdown.splitlines() if line.startswith("![")]
+    assert charts, "every experiment draws its numbers"
+    for line in charts:
+        assert (out / line.split("](")[1].rstrip(")")).stat().st_size > 1000
     return record, markdown
 
 
@@ -193,7 +197,11 @@ def test_run_all_collects_the_tables_and_names_missing_assets(toy_world, tmp_pat
     assert run_all.main(["--collect-only", "--out", str(tmp_path / "out"), "--doc", str(collected)]) == 0
     collected_page = collected.read_text()
     section = (tmp_path / "out" / "table_3_3_counterfactual_training" / "results.md").read_text()
-    assert section in collected_page and "| `planted_bias_ct` | not run |" in collected_page
+    tables = "\n".join(line for line in section.splitlines() if not line.startswith("!["))
+    assert tables in collected_page and "| `planted_bias_ct` | not run |" in collected_page
+    # the charts are copied next to the page and linked from it
+    chart = "experiments/table_3_3_counterfactual_training/accuracy_and_flip_resistance.png"
+    assert f"]({chart})" in collected_page and (tmp_path / chart).exists()
 
 
 def test_an_experiment_repeats_exactly_for_a_fixed_seed(toy_world, tmp_path):
