@@ -268,3 +268,13 @@ def test_cli_trains_in_parallel_jobs(tmp_path, capsys):
         zoo.load(name, assets_dir=tmp_path)
     assert "(2 job(s))" in out
     assert main(["train", "hat_classifier", "--tiny", "--jobs", "0"]) == 2
+
+
+def test_retraining_gives_the_same_file_bytes(tmp_path, keep_threads):
+    """Same seed, same backend, same threads: same weights, and so the same checksum."""
+    torch.set_num_threads(1)
+    first = train_asset("hat_classifier", tiny=True, out_dir=tmp_path / "a")
+    second = train_asset("hat_classifier", tiny=True, out_dir=tmp_path / "b")
+    assert first["sha256"] == second["sha256"]
+    assert asset_paths("hat_classifier", tmp_path / "a")[0].read_bytes() == \
+        asset_paths("hat_classifier", tmp_path / "b")[0].read_bytes()
