@@ -65,8 +65,8 @@ from vmd_fast.zoo.recipes.common import (
     ATTRIBUTE_CLASSIFIER,
     CRITIC_OVERRIDES,
     attribute_critic,
-    judge,
     final_loss,
+    judge,
     one_cycle_training,
 )
 from vmd_fast.zoo.registry import Recipe, register
