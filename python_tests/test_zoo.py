@@ -278,3 +278,17 @@ def test_retraining_gives_the_same_file_bytes(tmp_path, keep_threads):
     assert first["sha256"] == second["sha256"]
     assert asset_paths("hat_classifier", tmp_path / "a")[0].read_bytes() == \
         asset_paths("hat_classifier", tmp_path / "b")[0].read_bytes()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"names": ["no_such_model"]}, "names: unknown recipes \\['no_such_model'\\]"),
+    ({"jobs": 0}, "jobs must be >= 1, got 0"),
+    ({"threads": 0}, "threads must be >= 1, got 0"),
+])
+def test_train_many_rejects_bad_arguments_by_name(tmp_path, kwargs, message):
+    from vmd_fast.zoo.parallel import train_many
+
+    args = {"names": ["hat_classifier"], "out_dir": tmp_path, "tiny": True, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        train_many(**args)
+    assert not any(tmp_path.iterdir()), "nothing is trained before the arguments are checked"

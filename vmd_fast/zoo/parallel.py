@@ -124,8 +124,13 @@ def train_many(
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     known = recipes()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"names: unknown recipes {unknown}; known: {', '.join(known)}")
     tasks = group_recipes(names, tiny=tiny)
     needs = dependencies(tasks)
     rank = priorities(tasks, needs, lambda name: estimated_cost(known[name]))
