@@ -12,6 +12,8 @@ from vmd_fast.diagnose import (
     DiagnosisResult,
     KeypointAdapter,
     adapter_for,
+    decoupling,
+    decoupling_summary,
     flip_rate,
     flip_resistance,
     psnr,
@@ -216,3 +218,80 @@ def test_result_rejects_mismatched_shapes(gen):
         DiagnosisResult("zoom", "t", "binary", ["a", "b"], torch.rand(4, 2), torch.zeros(4, 1, dtype=torch.bool))
     with pytest.raises(FileNotFoundError, match="result.json"):
         DiagnosisResult.load("/nonexistent-report-dir")
+
+
+def test_decoupling_is_the_mean_absolute_score_change_per_edit(gen):
+    original = torch.rand(5, 3, generator=gen)
+    edited = torch.rand(5, 2, 3, generator=gen)
+    expected = torch.stack([(edited[:, i] - original).abs().mean(0) for i in range(2)])
+    torch.testing.assert_close(decoupling(original, edited), expected)
+    record = decoupling_summary(expected, ["b", "x"], ["a", "b", "c"])  # only "b" is annotated
+    assert record["diagonal"] == pytest.approx(float(expected[0, 1]))
+    assert record["off_diagonal"] == pytest.approx(float(expected[0, [0, 2]].mean()))
+    assert decoupling_summary(expected, ["x", "y"], ["a", "b", "c"])["diagonal"] is None
+
+
+@pytest.mark.parametrize(
+    "original,edited,message",
+    [
+        (torch.rand(4), torch.rand(4, 2, 3), r"original must have shape \(N, B\)"),
+        (torch.rand(4, 3), torch.rand(4, 2, 2), r"edited must have shape \(4, A, 3\)"),
+        (torch.rand(0, 3), torch.rand(0, 2, 3), "no images"),
+        (torch.full((4, 3), float("nan")), torch.rand(4, 2, 3), "original must hold finite"),
+        (torch.rand(4, 3), torch.ones(4, 2, 3, dtype=torch.long), "edited must hold finite floating-point"),
+    ],
+)
+def test_decoupling_rejects_bad_scores(original, edited, message):
+    with pytest.raises(ValueError, match=message):
+        decoupling(original, edited)
+
+
+class _ChannelMeans:
+    """A toy annotator: the mean of each colour channel."""
+
+    attributes = ["red", "green", "blue"]
+    name = "channel means"
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, images):
+        self.calls += 1
+        return images.mean(dim=(2, 3))
+
+
+def test_result_decoupling_scores_every_counterfactual_and_reaches_the_report(tmp_path):
+    n, a = 4, 3
+    originals = torch.full((n, 3, 5, 5), 0.5)
+    counterfactuals = originals[:, None].repeat(1, a, 1, 1, 1)
+    for i in range(a):  # edit i raises channel i by 0.3 and channel (i + 1) % 3 by 0.1
+        counterfactuals[:, i, i] += 0.3
+        counterfactuals[:, i, (i + 1) % 3] += 0.1
+    result = DiagnosisResult("zoom", "toy", "binary", ["red", "green", "blue"], torch.rand(n, a),
+                             torch.zeros(n, a, dtype=torch.bool), originals=originals, counterfactuals=counterfactuals)
+    scorer = _ChannelMeans()
+    matrix = result.decoupling(scorer, batch_size=5)
+    expected = torch.tensor([[0.3, 0.1, 0.0], [0.0, 0.3, 0.1], [0.1, 0.0, 0.3]])
+    torch.testing.assert_close(matrix, expected)
+    assert scorer.calls == 1 + 3  # the 4 originals in one batch, the 12 counterfactuals in batches of 5
+    record = result.metrics["decoupling"]
+    assert record["annotator"] == "channel means" and record["annotated"] == ["red", "green", "blue"]
+    assert record["diagonal"] == pytest.approx(0.3) and record["off_diagonal"] == pytest.approx(0.05)
+    paths = result.save(str(tmp_path))
+    page = open(paths["html"]).read()
+    assert "Decoupling of the edits" in page and "0.300" in page
+    assert json.load(open(paths["json"]))["metrics"]["decoupling"]["matrix"][0] == pytest.approx([0.3, 0.1, 0.0])
+    assert DiagnosisResult.load(str(tmp_path)).metrics["decoupling"] == json.loads(json.dumps(record))
+
+
+def test_result_decoupling_rejects_what_it_cannot_score(gen):
+    result = _result(gen)
+    with pytest.raises(ValueError, match="scorer must return"):
+        result.decoupling(lambda x: x.mean(dim=(1, 2, 3)))
+    with pytest.raises(ValueError, match="annotated names 1 scores"):
+        result.decoupling(lambda x: x.mean(dim=(2, 3)), annotated=["only"])
+    with pytest.raises(ValueError, match="batch_size"):
+        result.decoupling(_ChannelMeans(), batch_size=0)
+    result.counterfactuals = torch.empty(0)
+    with pytest.raises(ValueError, match="needs the originals and the counterfactuals"):
+        result.decoupling(_ChannelMeans())

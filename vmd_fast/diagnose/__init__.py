@@ -9,7 +9,7 @@ Example:
     0.5
 """
 
-from vmd_fast.diagnose.metrics import flip_rate, flip_resistance, normalized, psnr, sdar
+from vmd_fast.diagnose.metrics import decoupling, decoupling_summary, flip_rate, flip_resistance, normalized, psnr, sdar
 from vmd_fast.diagnose.result import DiagnosisResult
 from vmd_fast.diagnose.targets import (
     ADAPTERS,
@@ -38,6 +38,8 @@ __all__ = [
     "SegmentationAdapter",
     "TargetAdapter",
     "adapter_for",
+    "decoupling",
+    "decoupling_summary",
     "flip_rate",
     "flip_resistance",
     "normalized",

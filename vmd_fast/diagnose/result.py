@@ -23,11 +23,11 @@ import json
 import os
 import platform
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from vmd_fast.diagnose.metrics import normalized, sdar
+from vmd_fast.diagnose.metrics import decoupling, decoupling_summary, normalized, sdar
 
 FORMAT_VERSION = 1
 _TENSOR_FIELDS = ("changes", "flipped", "originals", "counterfactuals", "codes")
@@ -105,6 +105,58 @@ class DiagnosisResult:
     @property
     def sdar(self) -> float:
         return sdar(self.sensitivity)
+
+    def decoupling(self, scorer: Callable[[torch.Tensor], torch.Tensor], annotated: Optional[Sequence[str]] = None,
+                   batch_size: int = 256, record: bool = True) -> torch.Tensor:
+        """How much each single-attribute counterfactual changed every attribute (thesis Fig. 3.6).
+
+        An annotator scores the originals and every counterfactual; entry ``(i, j)`` is the
+        mean absolute change of score ``j`` along edit ``i``
+        (:func:`vmd_fast.diagnose.decoupling`). The thesis uses CLIP as the annotator
+        (:class:`vmd_fast.zoom.ClipScorer`); any attribute classifier with outputs in
+        [0, 1] works the same way. The changes are taken against ``originals``: for ZOOM the
+        generator's own samples; for SIA the input images, so its matrix also holds what
+        the editor's reconstruction alone changes.
+
+        Args:
+            scorer: images ``(M, 3, H, W)`` -> scores ``(M, B)``, e.g. probabilities.
+            annotated: the B names of the scores (default: ``scorer.attributes``). Where
+                they equal the diagnosed attributes the record also holds the mean
+                diagonal and off-diagonal change.
+            batch_size: images scored per call.
+            record: store the record in ``metrics["decoupling"]``, so that ``save``
+                writes it into the JSON and the HTML report.
+
+        Returns:
+            (A, B) matrix of mean absolute score changes.
+        """
+        if self.originals.numel() == 0 or self.counterfactuals.numel() == 0:
+            raise ValueError("decoupling needs the originals and the counterfactuals, and this result has none")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        n, a = self.counterfactuals.shape[:2]
+
+        def score(images: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                out = [scorer(images[k:k + batch_size]) for k in range(0, images.shape[0], batch_size)]
+            for s in out:
+                if not isinstance(s, torch.Tensor) or s.dim() != 2 or s.shape[1] != out[0].shape[1]:
+                    raise ValueError(f"scorer must return (M, B) tensors, got {getattr(s, 'shape', type(s))}")
+            return torch.cat(out).float().cpu()
+
+        original = score(self.originals)
+        edited = score(self.counterfactuals.flatten(0, 1)).view(n, a, -1)
+        matrix = decoupling(original, edited)
+        names = list(annotated if annotated is not None else getattr(scorer, "attributes", None)
+                     or [f"score {j}" for j in range(matrix.shape[1])])
+        if len(names) != matrix.shape[1]:
+            raise ValueError(f"annotated names {len(names)} scores, the scorer gave {matrix.shape[1]}")
+        if record:
+            self.metrics["decoupling"] = {
+                "annotator": getattr(scorer, "name", type(scorer).__name__),
+                **decoupling_summary(matrix, self.attributes, names),
+            }
+        return matrix
 
     def ranking(self) -> List[str]:
         """Attributes from the most to the least sensitive."""
@@ -259,7 +311,8 @@ def _write_html(result: DiagnosisResult, record: dict, paths: Dict[str, str]) ->
         multi = f"<p>Multi-attribute counterfactuals: flip rate <b>{result.multi_flip_rate:.3f}</b>.</p>"
         if "multi_grid" in paths:
             multi += f'<img alt="multi-attribute counterfactuals" src="{_inline_png(paths["multi_grid"])}">'
-    metrics = "".join(f"<li>{esc(str(k))}: {esc(str(v))}</li>" for k, v in result.metrics.items())
+    metrics = "".join(f"<li>{esc(str(k))}: {esc(str(v))}</li>" for k, v in result.metrics.items() if k != "decoupling")
+    decoupled = _decoupling_html(result.metrics.get("decoupling"))
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <title>{esc(result.method.upper())} diagnosis of {esc(result.target)}</title>
@@ -277,6 +330,7 @@ SDAR {result.sdar:.4f}; most sensitive: <b>{esc(result.ranking()[0])}</b>.</p>
 <p>Each row: the original, then its counterfactual along each attribute ({esc(", ".join(result.attributes))}).</p>
 <img alt="counterfactual grid" src="{_inline_png(paths["grid"])}">
 {multi}
+{decoupled}
 <h2>Other measurements</h2><ul>{metrics or "<li>none</li>"}</ul>
 <h2>Configuration and versions</h2>
 <pre>{esc(json.dumps({"config": record["config"], "versions": record["versions"], "created": record["created"]}, indent=2))}</pre>
@@ -284,6 +338,28 @@ SDAR {result.sdar:.4f}; most sensitive: <b>{esc(result.ranking()[0])}</b>.</p>
 """
     with open(paths["html"], "w", encoding="utf-8") as f:
         f.write(page)
+
+
+def _decoupling_html(record: Optional[dict]) -> str:
+    """The decoupling matrix as a table, each cell shaded by its value (empty without one)."""
+    if not record:
+        return ""
+    esc = html.escape
+    top = max([v for row in record["matrix"] for v in row] + [1e-12])
+    head = "".join(f"<th>{esc(name)}</th>" for name in record["annotated"])
+    body = "".join(
+        f"<tr><td>{esc(edit)}</td>" + "".join(
+            f'<td style="background:rgba(76,114,176,{0.8 * v / top:.2f})">{v:.3f}</td>' for v in row) + "</tr>"
+        for edit, row in zip(record["edited"], record["matrix"])
+    )
+    summary = ""
+    if record.get("diagonal") is not None:
+        off = record.get("off_diagonal")
+        summary = (f" Mean change of the edited attribute <b>{record['diagonal']:.3f}</b>"
+                   + (f", of the others <b>{off:.3f}</b>." if off is not None else "."))
+    return (f"<h2>Decoupling of the edits</h2><p>Rows: the attribute each counterfactual edited; columns: "
+            f"the mean absolute change of {esc(str(record.get('annotator', 'the annotator')))}'s score of "
+            f"each attribute (thesis Fig. 3.6).{summary}</p><table><tr><th>edited</th>{head}</tr>{body}</table>")
 
 
 COMPARISON_COLOURS = ("#4c72b0", "#dd8452")
