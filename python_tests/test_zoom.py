@@ -196,3 +196,48 @@ def test_cuda_graph_replay_equals_eager(world):
     torch.testing.assert_close(graphed.changes, eager.changes, atol=1e-4, rtol=1e-4)
     cpu = _diagnose(world, steps=20, gamma=0.5, consistency_prompts=("a face with red", "a face with green"))
     assert graphed.ranking()[0] == cpu.ranking()[0] == "red"
+
+
+# --- the CLIP annotator of the decoupling check (thesis Fig. 3.6) -------------------------
+
+def test_clip_scorer_reads_the_world_attributes_off_renders():
+    zoo = pytest.importorskip("vmd_fast.zoo")
+    from vmd_fast.domains import faces
+
+    clip = zoo.load("clip")
+    names = ["beard", "hat", "mouth_open"]
+    scorer = zoom.ClipScorer.for_world(clip, names)
+    assert scorer.attributes == names
+    params = faces.sample_params(32, generator=torch.Generator().manual_seed(11))
+    for i, name in enumerate(names):
+        present = scorer(faces.render(params.replace(**{name: 1.0})).images)
+        absent = scorer(faces.render(params.replace(**{name: 0.0})).images)
+        assert present.shape == (32, 3) and bool(((present >= 0) & (present <= 1)).all())
+        assert float((present[:, i] > 0.5).float().mean()) >= 0.9, name
+        assert float((absent[:, i] < 0.5).float().mean()) >= 0.9, name
+    # ZOOM's prompts of the world attributes are asked the same way as their names.
+    by_prompt = zoom.ClipScorer.for_world(clip, [zoom.WORLD_PROMPTS[n] for n in names])
+    images = faces.render(params).images
+    torch.testing.assert_close(by_prompt(images), scorer(images))
+
+
+def test_clip_scorer_default_prompts_and_bad_arguments(world):
+    _, clip, _ = world
+    scorer = zoom.ClipScorer(clip, ["red", "blue"], prefix="a face", tokenizer=colour_tokenizer)
+    assert scorer.prompts == [(["a face with red"], ["a face without red"]), (["a face with blue"], ["a face without blue"])]
+    with pytest.raises(ValueError, match="attributes must be a non-empty list"):
+        zoom.ClipScorer(clip, [], tokenizer=colour_tokenizer)
+    with pytest.raises(ValueError, match=r"one \(present, absent\) pair per attribute \(2\)"):
+        zoom.ClipScorer(clip, ["red", "blue"], prompts=[("a", "b")], tokenizer=colour_tokenizer)
+
+
+def test_zoom_edits_on_the_colour_world_are_decoupled(world):
+    """Each colour's counterfactuals move CLIP's score of that colour more than the others'."""
+    _, clip, _ = world
+    result = _diagnose(world)
+    scorer = zoom.ClipScorer(clip, list(COLOURS), prompts=[(f"a face {c}", "a face") for c in COLOURS],
+                             tokenizer=colour_tokenizer)
+    matrix = result.decoupling(scorer)
+    assert matrix.shape == (3, 3)
+    record = result.metrics["decoupling"]
+    assert record["annotator"] == "CLIP zero-shot" and record["diagonal"] > 2 * record["off_diagonal"], matrix

@@ -274,6 +274,77 @@ def text_directions(
     return nn.functional.normalize(feats[1:] - feats[:1], dim=-1)
 
 
+class ClipScorer:
+    """A zero-shot CLIP annotator: images -> (N, A) probabilities that each attribute is there.
+
+    For attribute ``a`` the score is CLIP's softmax over a "present" and an "absent" text
+    embedding at the model's own temperature; each side may be a prompt ensemble (its
+    unit embeddings averaged, as in open_clip's zero-shot classifiers). ZOOM's thesis uses
+    CLIP this way as a "super annotator" to check that its edits are decoupled
+    (Fig. 3.6, :meth:`vmd_fast.diagnose.DiagnosisResult.decoupling`).
+
+    Args:
+        clip: an open_clip-style model (``encode_image``, ``encode_text``, ``logit_scale``).
+        attributes: the attribute names or phrases (the score columns).
+        prefix, template: how the default prompts are written: "<prefix> with <a>"
+            (:func:`attribute_prompt`) against "<prefix> without <a>".
+        prompts: per attribute, ``(present, absent)``, each a prompt or a list of prompts;
+            replaces the default prompts.
+        tokenizer: as in :func:`clip_text_features`.
+
+    Example:
+        >>> scorer = ClipScorer.for_world(zoo.load("clip"), ["a beard", "mouth_open"])  # doctest: +SKIP
+        >>> scorer(images).shape                                                       # doctest: +SKIP
+        torch.Size([N, 2])
+    """
+
+    name = "CLIP zero-shot"
+
+    def __init__(self, clip: nn.Module, attributes: Sequence[str], prefix: str = "a photo of a face",
+                 template: Optional[str] = None, prompts: Optional[Sequence] = None,
+                 tokenizer: Optional[Callable] = None):
+        self.attributes = list(attributes)
+        if not self.attributes or not all(isinstance(a, str) and a.strip() for a in self.attributes):
+            raise ValueError(f"attributes must be a non-empty list of phrases, got {attributes!r}")
+        if prompts is None:
+            prompts = [(attribute_prompt(a, prefix, template), f"{prefix} without {a}") for a in self.attributes]
+        prompts = [tuple(pair) for pair in prompts]
+        if len(prompts) != len(self.attributes) or any(len(pair) != 2 for pair in prompts):
+            raise ValueError(f"prompts needs one (present, absent) pair per attribute ({len(self.attributes)})")
+        self.clip = clip
+        self.prompts = [tuple([side] if isinstance(side, str) else list(side) for side in pair) for pair in prompts]
+        sides = []
+        for side in (0, 1):
+            for pair in self.prompts:
+                feats = clip_text_features(clip, pair[side], tokenizer)
+                sides.append(nn.functional.normalize(feats.mean(0), dim=0))
+        self.text = torch.stack(sides)  # (2A, D): every present embedding, then every absent one
+        scale = getattr(clip, "logit_scale", None)
+        self.scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
+
+    @classmethod
+    def for_world(cls, clip: nn.Module, attributes: Sequence[str], tokenizer: Optional[Callable] = None) -> "ClipScorer":
+        """The annotator of the embedded world: attributes named as the world names them
+        ("mouth_open") or as ZOOM prompts them (:data:`WORLD_PROMPTS`, "an open mouth") are
+        asked with the held-out zero-shot prompts the zoo's CLIP was checked on
+        (``vmd_fast.zoo.recipes.clip.zero_shot_prompts``); any other with the defaults."""
+        from vmd_fast.zoo.recipes.clip import HELD_OUT_PHRASES, zero_shot_prompts
+
+        by_prompt = {prompt: name for name, prompt in WORLD_PROMPTS.items()}
+        prompts = []
+        for a in attributes:
+            name = a if a in HELD_OUT_PHRASES or a == "male" else by_prompt.get(a)
+            prompts.append(zero_shot_prompts(name) if name else
+                           (attribute_prompt(a, "a photo of a face"), f"a photo of a face without {a}"))
+        return cls(clip, attributes, prompts=prompts, tokenizer=tokenizer)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        a = len(self.attributes)
+        with torch.no_grad():
+            logits = self.scale * clip_image_features(self.clip, images) @ self.text.to(images.device).T  # (N, 2A)
+            return torch.softmax(torch.stack([logits[:, :a], logits[:, a:]], dim=-1), dim=-1)[..., 0]
+
+
 def global_directions(relevance: Dict[str, torch.Tensor], dt: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
     """Unit-norm style-space edit directions for text directions ``dt`` (thesis Eq. 3.2).
 
