@@ -267,6 +267,7 @@ def test_torchrun_cli_diagnosis_writes_one_report_equal_to_one_process(tmp_path)
     assert summaries[0]["n_images"] == summaries[1]["n_images"] == 5
     for key in ("sensitivity", "flip_rate", "ranking", "metrics"):
         assert summaries[0][key] == summaries[1][key], key
+    assert summaries[0]["metrics"]["decoupling"]["edited"] == ["red", "green", "blue"]  # scored once, on rank 0
 
 
 def test_ranks_with_different_models_refuse_to_diagnose(ranks):

@@ -145,11 +145,29 @@ def _diagnose(args, device: torch.device) -> int:
         result = sia.diagnose(target, n_images=args.n_images, editor=editor, device=device, seed=args.seed or 0, **overrides)
     if not distributed.is_main():
         return 0
+    if args.method == "zoom" and not args.no_decoupling:
+        _annotate_decoupling(result, args, device)
     paths = result.save(args.out)
     top = result.ranking()[0]
     print(f"{args.method.upper()} diagnosis of {result.target}: most sensitive attribute '{top}' "
           f"(sensitivity {result.sensitivity[top]:.4f}); report: {paths['html']}")
+    record = result.metrics.get("decoupling")
+    if record and record.get("diagonal") is not None:
+        print(f"decoupling (CLIP): an edit changes its own attribute by {record['diagonal']:.3f} "
+              f"and the others by {record['off_diagonal']:.3f} on average")
     return 0
+
+
+def _annotate_decoupling(result, args, device) -> None:
+    """Score the counterfactuals with CLIP (the zoo's, or --clip) into ``metrics["decoupling"]``."""
+    from vmd_fast import zoom
+
+    clip = _optional("clip", args.clip, device, args)
+    if clip is None:
+        from vmd_fast import zoo
+
+        clip = zoo.load("clip", device=device)
+    result.decoupling(zoom.ClipScorer.for_world(clip, result.attributes, tokenizer=_tokenizer(clip)))
 
 
 # --- attack -----------------------------------------------------------------------------
@@ -468,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--out", default="outputs/diagnosis", help="report directory")
     diag.add_argument("--cache-dir", default=None, help="where ZOOM caches relevance matrices")
     diag.add_argument("--resume", action="store_true", help="checkpoint into --out and resume from it")
+    diag.add_argument("--no-decoupling", action="store_true",
+                      help="ZOOM: skip scoring the counterfactuals' attribute changes with CLIP (thesis Fig. 3.6)")
     diag.set_defaults(func=cmd_diagnose)
 
     attack = sub.add_parser("attack", help="SIA, PGD or FGSM on a folder of images or on rendered faces")
