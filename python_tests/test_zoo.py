@@ -268,6 +268,7 @@ def test_cli_trains_in_parallel_jobs(tmp_path, capsys):
         zoo.load(name, assets_dir=tmp_path)
     assert "(2 job(s))" in out
     assert main(["train", "hat_classifier", "--tiny", "--jobs", "0"]) == 2
+    assert "jobs must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_retraining_gives_the_same_file_bytes(tmp_path, keep_threads):

@@ -27,7 +27,7 @@ from vmd_fast.zoo.assets import (
     flatten_metrics,
     list_assets,
 )
-from vmd_fast.zoo.parallel import train_many
+from vmd_fast.zoo.parallel import check_request, train_many
 from vmd_fast.zoo.registry import recipes
 
 
@@ -80,18 +80,16 @@ def _train(args) -> int:
     if args.all == bool(args.names):
         print("name the recipes to train, or give --all", file=sys.stderr)
         return 2
-    unknown = [name for name in args.names if name not in known]
-    if unknown:
-        print(f"unknown recipes {unknown}; known: {', '.join(known)}", file=sys.stderr)
-        return 2
-    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
-        print("--jobs and --threads must be >= 1", file=sys.stderr)
+    names = list(known if args.all else args.names)
+    try:
+        check_request(names, args.jobs, args.threads)
+    except ValueError as error:
+        print(error, file=sys.stderr)
         return 2
     out = args.out
     if args.tiny and out is None:
         out = tempfile.mkdtemp(prefix="vmd_fast_zoo_tiny_")
     out = Path(out) if out is not None else ASSETS_DIR
-    names = known if args.all else args.names
     failures = 0
 
     def report(name, info, error):
@@ -116,7 +114,7 @@ def _train(args) -> int:
         failures += bool(failed) and not args.tiny
 
     start = time.perf_counter()
-    train_many(list(names), out, tiny=args.tiny, jobs=args.jobs, threads=args.threads, on_done=report)
+    train_many(names, out, tiny=args.tiny, jobs=args.jobs, threads=args.threads, on_done=report)
     print(
         f"trained {len(names)} asset(s) into {out} in {time.perf_counter() - start:.0f} s "
         f"({args.jobs} job(s))"

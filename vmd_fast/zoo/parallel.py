@@ -101,6 +101,18 @@ def train_task(task: Task, tiny: bool, out_dir: Optional[str]) -> List[Tuple[str
     return [(name, train_asset(name, tiny=tiny, out_dir=out_dir)) for name in task]
 
 
+def check_request(names: Sequence[str], jobs: int = 1, threads: Optional[int] = None) -> None:
+    """Raise ValueError, naming the argument, unless :func:`train_many` can take these."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    known = recipes()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ValueError(f"names: unknown recipes {unknown}; known: {', '.join(known)}")
+
+
 def train_many(
     names: Sequence[str],
     out_dir: Path,
@@ -122,15 +134,9 @@ def train_many(
     Returns:
         name -> its asset JSON, or None where its task raised.
     """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    check_request(names, jobs, threads)
     threads = threads or max(1, (os.cpu_count() or 1) // jobs)
     known = recipes()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise ValueError(f"names: unknown recipes {unknown}; known: {', '.join(known)}")
     tasks = group_recipes(names, tiny=tiny)
     needs = dependencies(tasks)
     rank = priorities(tasks, needs, lambda name: estimated_cost(known[name]))
