@@ -125,6 +125,10 @@ def _diagnose(args, device: torch.device) -> int:
 
         generator = _optional("generator", args.generator, device, args)
         clip = _optional("clip", args.clip, device, args)
+        if clip is None:  # loaded here, not inside the diagnosis, because the decoupling check scores with it too
+            from vmd_fast import zoo
+
+            clip = zoo.load("clip", device=device)
         attributes = _split(args.attributes) or list(zoom.DEFAULT_ATTRIBUTES)
         overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
         if args.batch_size is not None:
@@ -146,7 +150,8 @@ def _diagnose(args, device: torch.device) -> int:
     if not distributed.is_main():
         return 0
     if args.method == "zoom" and not args.no_decoupling:
-        _annotate_decoupling(result, args, device)
+        # CLIP scores how much each counterfactual changed every attribute (thesis Fig. 3.6).
+        result.decoupling(zoom.ClipScorer.for_world(clip, result.attributes, tokenizer=_tokenizer(clip)))
     paths = result.save(args.out)
     top = result.ranking()[0]
     print(f"{args.method.upper()} diagnosis of {result.target}: most sensitive attribute '{top}' "
@@ -156,18 +161,6 @@ def _diagnose(args, device: torch.device) -> int:
         print(f"decoupling (CLIP): an edit changes its own attribute by {record['diagonal']:.3f} "
               f"and the others by {record['off_diagonal']:.3f} on average")
     return 0
-
-
-def _annotate_decoupling(result, args, device) -> None:
-    """Score the counterfactuals with CLIP (the zoo's, or --clip) into ``metrics["decoupling"]``."""
-    from vmd_fast import zoom
-
-    clip = _optional("clip", args.clip, device, args)
-    if clip is None:
-        from vmd_fast import zoo
-
-        clip = zoo.load("clip", device=device)
-    result.decoupling(zoom.ClipScorer.for_world(clip, result.attributes, tokenizer=_tokenizer(clip)))
 
 
 # --- attack -----------------------------------------------------------------------------
