@@ -284,8 +284,16 @@ def test_result_decoupling_scores_every_counterfactual_and_reaches_the_report(tm
     assert DiagnosisResult.load(str(tmp_path)).metrics["decoupling"] == json.loads(json.dumps(record))
 
 
+def test_decoupling_rejects_scores_on_two_devices():
+    edited = torch.rand(4, 2, 3, device="meta")
+    with pytest.raises(ValueError, match="edited must be on the device of original"):
+        decoupling(torch.rand(4, 3), edited)
+
+
 def test_result_decoupling_rejects_what_it_cannot_score(gen):
     result = _result(gen)
+    with pytest.raises(TypeError, match="scorer must be callable"):
+        result.decoupling("clip")
     with pytest.raises(ValueError, match="scorer must return"):
         result.decoupling(lambda x: x.mean(dim=(1, 2, 3)))
     with pytest.raises(ValueError, match="annotated names 1 scores"):

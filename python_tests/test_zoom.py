@@ -229,6 +229,15 @@ def test_clip_scorer_default_prompts_and_bad_arguments(world):
         zoom.ClipScorer(clip, [], tokenizer=colour_tokenizer)
     with pytest.raises(ValueError, match=r"one \(present, absent\) pair per attribute \(2\)"):
         zoom.ClipScorer(clip, ["red", "blue"], prompts=[("a", "b")], tokenizer=colour_tokenizer)
+    with pytest.raises(ValueError, match=r"images must have shape \(N, 3, H, W\)"):
+        scorer(torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="images must have 4 dimensions"):
+        scorer(torch.rand(3, 16, 16))
+    with pytest.raises(TypeError, match="images must be a floating-point tensor"):
+        scorer(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="images contains NaN or Inf"):
+        scorer(torch.full((2, 3, 16, 16), float("nan")))
+    assert zoom.ClipScorer.default_prompts("red", "a face") == ("a face with red", "a face without red")
 
 
 def test_zoom_edits_on_the_colour_world_are_decoupled(world):

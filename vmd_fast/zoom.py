@@ -307,7 +307,7 @@ class ClipScorer:
         if not self.attributes or not all(isinstance(a, str) and a.strip() for a in self.attributes):
             raise ValueError(f"attributes must be a non-empty list of phrases, got {attributes!r}")
         if prompts is None:
-            prompts = [(attribute_prompt(a, prefix, template), f"{prefix} without {a}") for a in self.attributes]
+            prompts = [self.default_prompts(a, prefix, template) for a in self.attributes]
         prompts = [tuple(pair) for pair in prompts]
         if len(prompts) != len(self.attributes) or any(len(pair) != 2 for pair in prompts):
             raise ValueError(f"prompts needs one (present, absent) pair per attribute ({len(self.attributes)})")
@@ -322,6 +322,11 @@ class ClipScorer:
         scale = getattr(clip, "logit_scale", None)
         self.scale = float(scale.exp()) if isinstance(scale, torch.Tensor) else 100.0
 
+    @staticmethod
+    def default_prompts(attribute: str, prefix: str = "a photo of a face", template: Optional[str] = None):
+        """``("<prefix> with <a>", "<prefix> without <a>")``, the first by :func:`attribute_prompt`."""
+        return attribute_prompt(attribute, prefix, template), f"{prefix} without {attribute}"
+
     @classmethod
     def for_world(cls, clip: nn.Module, attributes: Sequence[str], tokenizer: Optional[Callable] = None) -> "ClipScorer":
         """The annotator of the embedded world: attributes named as the world names them
@@ -334,11 +339,16 @@ class ClipScorer:
         prompts = []
         for a in attributes:
             name = a if a in HELD_OUT_PHRASES or a == "male" else by_prompt.get(a)
-            prompts.append(zero_shot_prompts(name) if name else
-                           (attribute_prompt(a, "a photo of a face"), f"a photo of a face without {a}"))
+            prompts.append(zero_shot_prompts(name) if name else cls.default_prompts(a))
         return cls(clip, attributes, prompts=prompts, tokenizer=tokenizer)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        from vmd_fast.ops._backend import check_finite, check_tensor
+
+        check_tensor(images, "images", ndim=4)
+        if images.shape[1] != 3:
+            raise ValueError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+        check_finite(images, "images")
         a = len(self.attributes)
         with torch.no_grad():
             logits = self.scale * clip_image_features(self.clip, images) @ self.text.to(images.device).T  # (N, 2A)

@@ -128,6 +128,8 @@ def decoupling(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
     n, b = original.shape
     if edited.dim() != 3 or edited.shape[0] != n or edited.shape[2] != b:
         raise ValueError(f"edited must have shape ({n}, A, {b}) to match original, got {tuple(edited.shape)}")
+    if edited.device != original.device:
+        raise ValueError(f"edited must be on the device of original ({original.device}), got {edited.device}")
     if n == 0:
         raise ValueError("original holds no images")
     for name, value in (("original", original), ("edited", edited)):

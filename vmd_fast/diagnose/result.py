@@ -130,6 +130,8 @@ class DiagnosisResult:
         Returns:
             (A, B) matrix of mean absolute score changes.
         """
+        if not callable(scorer):
+            raise TypeError(f"scorer must be callable (images -> (M, B) scores), got {type(scorer).__name__}")
         if self.originals.numel() == 0 or self.counterfactuals.numel() == 0:
             raise ValueError("decoupling needs the originals and the counterfactuals, and this result has none")
         if not isinstance(batch_size, int) or batch_size < 1:
