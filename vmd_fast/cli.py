@@ -164,8 +164,9 @@ def _diagnose(args, device: torch.device) -> int:
 
 
 # --- attack -----------------------------------------------------------------------------
-def _attack_inputs(args, device, editor_attributes: Optional[Sequence[str]]):
-    """``(images, names, attributes)`` from --images (and --image-attributes) or rendered faces."""
+def _attack_inputs(args, editor_attributes: Optional[Sequence[str]]):
+    """``(images, names, attributes)`` on the host from --images (and --image-attributes) or
+    rendered faces; :func:`cmd_attack` moves them to the device a batch at a time."""
     from vmd_fast.io import images as image_io
 
     if args.images:
@@ -176,7 +177,7 @@ def _attack_inputs(args, device, editor_attributes: Optional[Sequence[str]]):
                 raise UsageError("--method sia on --images needs --image-attributes CSV (columns: file, "
                                  f"{', '.join(editor_attributes)}) with each image's attributes in [0, 1]")
             a = image_io.read_attribute_table(args.image_attributes, names, editor_attributes)
-        return x.to(device), names, None if a is None else a.to(device)
+        return x, names, a
     from vmd_fast.domains import faces
 
     n = args.n_images or 16
@@ -190,7 +191,7 @@ def _attack_inputs(args, device, editor_attributes: Optional[Sequence[str]]):
             raise UsageError(f"the editor's attributes {unknown} are not attributes of the embedded world "
                              f"({', '.join(faces.EDITOR_ATTRIBUTES)}); attack your own --images with --image-attributes")
         a = faces.attribute_vector(params, editor_attributes)
-    return x.to(device), names, None if a is None else a.to(device)
+    return x, names, a
 
 
 def cmd_attack(args) -> int:
@@ -201,19 +202,24 @@ def cmd_attack(args) -> int:
     device = _device(args.device)
     target = load_target(args.target, device, args)
     editor = _editor(args, device) if args.method == "sia" else None
-    x, names, a = _attack_inputs(args, device, editor.attributes if editor is not None else None)
-    adapter = _check_adapter(target, x[:1])
+    from vmd_fast.io.prefetch import DevicePrefetcher, row_batches
+
+    x, names, a = _attack_inputs(args, editor.attributes if editor is not None else None)
+    adapter = _check_adapter(target, x[:1].to(device))
     eps = args.eps if args.eps is not None else (1.5 / 255 if args.method == "sia" else 8 / 255)
     alpha = args.alpha if args.alpha is not None else (0.25 / 255 if args.method == "sia" else 2 / 255)
     steps = args.steps if args.steps is not None else (200 if args.method == "sia" else 10)
     generator = torch.Generator().manual_seed(args.seed)
     adversarial, success, changes = [], [], []
-    for start in range(0, x.shape[0], args.batch_size):
-        xb = x[start:start + args.batch_size]
+    inputs = (x,) if a is None else (x, a)
+    if device.type == "cuda":
+        inputs = tuple(t.pin_memory() for t in inputs)  # each batch's copy overlaps the last attack
+    for batch in DevicePrefetcher(row_batches(*inputs, batch_size=args.batch_size), device):
+        xb, ab = (batch, None) if a is None else batch
         if args.method == "sia":
             from vmd_fast import sia
 
-            result = sia.attack(adapter, xb, a[start:start + args.batch_size], editor=editor, eps_x=eps, step=alpha,
+            result = sia.attack(adapter, xb, ab, editor=editor, eps_x=eps, step=alpha,
                                 steps=steps, eps_a=args.eps_attributes, generator=generator)
             adv, flipped = result.adversarial, result.success
             changes.append((result.a_T - result.a_0).cpu())
@@ -224,7 +230,7 @@ def cmd_attack(args) -> int:
                 adv = attacks.pgd(adapter, xb, eps=eps, alpha=alpha, steps=steps, generator=generator)
             with torch.no_grad():
                 flipped = adapter.flipped(adapter.outputs(adv), adapter.reference(adapter.outputs(xb)))
-        adversarial.append(adv.detach())
+        adversarial.append(adv.detach().cpu())
         success.append(flipped.cpu())
     adv = torch.cat(adversarial)
     success = torch.cat(success)

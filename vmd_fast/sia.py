@@ -32,6 +32,7 @@ from vmd_fast import distributed, ops
 from vmd_fast.diagnose.metrics import psnr, sdar
 from vmd_fast.diagnose.result import DiagnosisResult
 from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
+from vmd_fast.io.prefetch import DevicePrefetcher, row_batches
 
 MODES = ("full", "image", "attribute", "partial_image", "partial_attribute")
 
@@ -277,14 +278,14 @@ def attack(
     )
 
 
-def _world_images(n: int, names: Sequence[str], seed: int, device, rows: slice = slice(None)) -> tuple:
+def _world_images(n: int, names: Sequence[str], seed: int, rows: slice = slice(None)) -> tuple:
     """Faces ``rows`` of ``n`` seeded faces of the embedded world, and their attributes in
-    ``names`` order (all ``n`` are sampled, so a face does not depend on ``rows``)."""
+    ``names`` order (all ``n`` are sampled, so a face does not depend on ``rows``), on the
+    host: :func:`diagnose` moves them to the device a batch at a time."""
     from vmd_fast.domains import faces
 
     params = faces.sample_params(n, generator=torch.Generator().manual_seed(seed))[rows]
-    images = faces.render(params).images
-    return images.to(device), faces.attribute_vector(params, names).to(device)
+    return faces.render(params).images, faces.attribute_vector(params, names)
 
 
 def diagnose(
@@ -312,7 +313,9 @@ def diagnose(
         n_images: faces rendered from the embedded world (seeded by ``seed``) when
             ``images`` is not given.
         editor: default: the zoo's ``"editor"``.
-        images, attributes: your own (N, 3, H, W) images and (N, A) attributes in [0, 1].
+        images, attributes: your own (N, 3, H, W) images and (N, A) attributes in [0, 1],
+            on any device: host tensors are pinned and copied to ``device`` one batch
+            ahead of the attack (:class:`vmd_fast.io.prefetch.DevicePrefetcher`).
         config, overrides: :class:`SIAConfig` and field overrides.
         batch_size: images attacked together.
         seed: seeds the rendered faces and, with ``seed + b``, batch b's keypoint targets.
@@ -345,19 +348,22 @@ def diagnose(
     lo = batches[mine.start] if mine else 0
     hi = min(total, batches[mine.stop - 1] + batch_size) if mine else 1  # an empty rank keeps one example image
     if images is None:
-        images, attributes = _world_images(n_images, names, seed, device, rows=slice(lo, hi))
+        images, attributes = _world_images(n_images, names, seed, rows=slice(lo, hi))
     else:
         images, attributes = images[lo:hi], attributes[lo:hi]
+    if device.type == "cuda" and images.device.type == "cpu":
+        # Pinned once, so every batch's copy overlaps the attack on the one before.
+        images, attributes = images.pin_memory(), attributes.pin_memory()
+    batch_rows = DevicePrefetcher(row_batches(images, attributes, batch_size=batch_size), device)
     label = target_label(target)
     if not cfg.protect and label in names:
         # The attribute the target classifies is its ground truth: hold it (thesis 2.4.2).
         cfg = SIAConfig(**{**cfg.__dict__, "protect": (label,)})
-    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1])
+    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1].to(device))
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("x0", "a0", "aT", "adv", "success", "joint_change", "single", "single_change", "single_flip", "psnr", "ssim")}
-    for b in tqdm(mine, desc="SIA", unit="batch", disable=not (progress and distributed.is_main())):
-        start = batches[b] - lo
-        x = images[start : start + batch_size]
-        a = attributes[start : start + batch_size]
+    bar = tqdm(zip(mine, batch_rows), total=len(mine), desc="SIA", unit="batch",
+               disable=not (progress and distributed.is_main()))
+    for b, (x, a) in bar:
         # Seeded by the global batch index, so that a batch is the same on any rank.
         result = attack(adapter, x, a, editor=editor, config=cfg, generator=torch.Generator().manual_seed(seed + b))
         with torch.no_grad(), ops.value_checks(False):

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from vmd_fast import attacks, distributed, ops, sia, zoom
 from vmd_fast.diagnose.targets import adapter_for, target_label
+from vmd_fast.io.prefetch import DevicePrefetcher
 
 
 COUNTERFACTUAL_LABELS = ("prediction", "probability")
@@ -202,14 +203,15 @@ def _fit(model, train_data, config: TrainConfig, make_generated, eval_fn, checkp
         sampler = DistributedSampler(train_data, num_replicas=world, rank=distributed.get_rank(), shuffle=True,
                                      seed=config.seed, drop_last=False)
         sampler.set_epoch(epoch)
-        loader = DataLoader(train_data, batch_size=config.batch_size // world, sampler=sampler)
+        # On a GPU the batches come from pinned memory, each copied while the one before trains.
+        loader = DevicePrefetcher(DataLoader(train_data, batch_size=config.batch_size // world, sampler=sampler,
+                                             pin_memory=device.type == "cuda"), device)
         totals = {"loss_real": 0.0, "loss_generated": 0.0}
         batches = 0
         bar = tqdm(loader, desc=f"{desc} epoch {epoch + 1}/{config.epochs}", disable=not (progress and distributed.is_main()))
         for step, batch in enumerate(bar):
             x, y, a = _unpack(batch)
-            x, y = x.to(device), y.to(device)
-            generated = make_generated(model, x, y, None if a is None else a.to(device), epoch * 100003 + step)
+            generated = make_generated(model, x, y, a, epoch * 100003 + step)
             model.train()
             loss_real = supervised_loss(model, net(x), y)
             loss = loss_real
