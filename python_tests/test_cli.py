@@ -152,6 +152,15 @@ def test_sia_attack_on_a_folder_changes_the_attribute_the_target_reads(tmp_path)
     assert all(r["success"] == "1" for r in rows)
     assert all(abs(float(r["change.redness"])) > 0.1 and float(r["change.blueness"]) == 0 for r in rows)
     assert json.loads((out / "attack.json").read_text())["images"][0]["attribute_change"]["greenness"] == 0
+    # Its own attribute step: 20 steps of 1/255 move an attribute at most 20/255.
+    short = tmp_path / "sia-short"
+    assert cli.main(["attack", "--method", "sia", "--target", "test_sia_attacks:RedClassifier", "--editor",
+                     "test_sia_attacks:ColourEditor", "--images", str(tmp_path / "images"), "--image-attributes",
+                     str(table), "--steps", "20", "--step-attributes", "1/255", "--out", str(short),
+                     "--device", "cpu"]) == 0
+    rows = _read_csv(short / "attack.csv")
+    assert all(abs(float(r["change.redness"])) == pytest.approx(20 / 255, abs=1e-5) for r in rows)
+    assert json.loads((short / "attack.json").read_text())["config"]["step_attributes"] == pytest.approx(1 / 255)
 
 
 def test_training_writes_weights_and_history_and_resumes(tmp_path, capsys):

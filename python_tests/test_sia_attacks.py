@@ -68,11 +68,14 @@ def test_sia_keeps_protected_attributes_near_their_start(gen):
     assert (result.a_T[:, 0] - a[:, 0]).abs().max() <= 0.02 + 1e-6
 
 
-def test_sia_matches_a_plain_pytorch_loop(gen):
-    """The fused, batched SIA equals Algorithm 1 written with plain tensor ops."""
+@pytest.mark.parametrize("step_attributes", [None, 2 / 255])
+def test_sia_matches_a_plain_pytorch_loop(gen, step_attributes):
+    """The fused, batched SIA equals Algorithm 1 written with plain tensor ops, with the
+    attributes on the image's step or on their own."""
     x0, a0 = _batch(gen)
     editor, target = ColourEditor(), RedClassifier()
     eta, eps_x, steps = 0.25 / 255, 1.5 / 255, 25
+    eta_a = eta if step_attributes is None else step_attributes
     adapter = BinaryAdapter(target)
     ref = adapter.reference(target(x0))
     x, a = x0.clone(), a0.clone()
@@ -80,9 +83,10 @@ def test_sia_matches_a_plain_pytorch_loop(gen):
         xv, av = x.clone().requires_grad_(), a.clone().requires_grad_()
         loss = F.binary_cross_entropy_with_logits(target(editor.decode(xv, av))[:, 0], 1 - ref["prob"], reduction="sum")
         gx, ga = torch.autograd.grad(loss, [xv, av])
-        a = torch.min(torch.max(a - eta * ga.sign(), a0 - 1.0), a0 + 1.0).clamp(0, 1)
+        a = torch.min(torch.max(a - eta_a * ga.sign(), a0 - 1.0), a0 + 1.0).clamp(0, 1)
         x = torch.min(torch.max(x - eta * gx.sign(), x0 - eps_x), x0 + eps_x).clamp(0, 1)
-    result = sia.attack(target, x0, a0, editor=editor, steps=steps)
+    result = sia.attack(target, x0, a0, editor=editor, steps=steps, step_attributes=step_attributes)
+    assert (result.a_T - a0).abs().max() <= steps * eta_a + 1e-6
     torch.testing.assert_close(result.a_T, a)
     torch.testing.assert_close(result.x_T, x)
 
@@ -106,6 +110,8 @@ def test_sia_rejects_bad_input(gen):
         sia.attack(target, x, a, editor=editor, protect=["smile"])
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         sia.attack(target, x, a, editor=editor, steps=0)
+    with pytest.raises(ValueError, match="step_attributes must be a number >= 0"):
+        sia.attack(target, x, a, editor=editor, step_attributes=-1.0)
 
 
 def _linear(gen, k=4):

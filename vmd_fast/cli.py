@@ -220,7 +220,8 @@ def cmd_attack(args) -> int:
             from vmd_fast import sia
 
             result = sia.attack(adapter, xb, ab, editor=editor, eps_x=eps, step=alpha,
-                                steps=steps, eps_a=args.eps_attributes, generator=generator)
+                                steps=steps, eps_a=args.eps_attributes, step_attributes=args.step_attributes,
+                                generator=generator)
             adv, flipped = result.adversarial, result.success
             changes.append((result.a_T - result.a_0).cpu())
         else:
@@ -252,7 +253,8 @@ def cmd_attack(args) -> int:
     config = {"method": args.method, "target": args.target, "eps": eps, "alpha": alpha, "steps": steps,
               "images": args.images or f"embedded world, seed {args.seed}", "n_images": len(names)}
     if args.method == "sia":
-        config.update(eps_attributes=args.eps_attributes, editor=args.editor or "editor")
+        config.update(eps_attributes=args.eps_attributes, step_attributes=args.step_attributes,
+                      editor=args.editor or "editor")
     record = {"config": config, "success_rate": float(success.float().mean()), "images": rows}
     json_path, csv_path = os.path.join(args.out, "attack.json"), os.path.join(args.out, "attack.csv")
     with open(json_path, "w", encoding="utf-8") as f:
@@ -499,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--eps", type=_number, help="L_inf image budget (default: 8/255; SIA 1.5/255)")
     attack.add_argument("--alpha", type=_number, help="step size (default: 2/255; SIA 0.25/255)")
     attack.add_argument("--eps-attributes", type=_number, default=1.0, help="SIA's attribute budget eps_a")
+    attack.add_argument("--step-attributes", type=_number,
+                        help="SIA's step for the attributes (default: --alpha; they move at most steps x step)")
     attack.add_argument("--steps", type=int, help="steps (default: PGD 10, SIA 200)")
     attack.add_argument("--batch-size", type=int, default=64)
     attack.add_argument("--save-originals", action="store_true", help="also write the inputs as PNG")

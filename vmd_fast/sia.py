@@ -45,7 +45,11 @@ class SIAConfig:
         eps_x: L_inf radius of the image perturbation (1.5/255).
         eps_a: L_inf radius of the attribute perturbation; 1.0 lets every attribute
             roam all of [0, 1], as the thesis does for attributes other than the target's.
-        step: the sign step eta for both spaces (0.25/255).
+        step: the sign step eta (0.25/255); both spaces take it unless
+            ``step_attributes`` is given.
+        step_attributes: the attribute codes' own sign step, or None for ``step``. The
+            attributes move at most ``steps * step_attributes``: at the thesis's 200 steps
+            of 0.25/255 that is 0.196 of their [0, 1] range (Table 2.1 also runs 4/255).
         steps: T (200).
         mode: one of ``MODES``.
         partial_steps: how many first steps the "partial" space is updated (20).
@@ -59,6 +63,7 @@ class SIAConfig:
     eps_x: float = 1.5 / 255
     eps_a: float = 1.0
     step: float = 0.25 / 255
+    step_attributes: Optional[float] = None
     steps: int = 200
     mode: str = "full"
     partial_steps: int = 20
@@ -69,8 +74,10 @@ class SIAConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        for name in ("eps_x", "eps_a", "step", "eps_protect"):
+        for name in ("eps_x", "eps_a", "step", "eps_protect", "step_attributes"):
             value = getattr(self, name)
+            if value is None and name == "step_attributes":
+                continue
             if not isinstance(value, (int, float)) or value < 0 or value != value:
                 raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -189,7 +196,8 @@ class _SIALoop:
         if update_x:
             ops.projected_sign_step(self.x, grads.pop(0).neg_(), self.x0, cfg.step, cfg.eps_x, 0.0, 1.0, out=self.x)
         if update_a:
-            ops.projected_sign_step(self.a, grads.pop(0).neg_(), self.a0, cfg.step, cfg.eps_a, 0.0, 1.0, out=self.a)
+            step_a = cfg.step if cfg.step_attributes is None else cfg.step_attributes
+            ops.projected_sign_step(self.a, grads.pop(0).neg_(), self.a0, step_a, cfg.eps_a, 0.0, 1.0, out=self.a)
             if self.protect.numel():
                 kept = self.a0[:, self.protect]
                 self.a[:, self.protect] = self.a[:, self.protect].clamp(kept - cfg.eps_protect, kept + cfg.eps_protect)
