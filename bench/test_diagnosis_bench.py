@@ -71,3 +71,32 @@ def test_sia_throughput(benchmark, device, impl):
     build = cases.sia_fused if impl == "vmd_fast" else cases.sia_plain
     _timed(benchmark, device, f"sia batch {n} x {STEPS} steps, per image step", impl, n * STEPS,
            build(editor, target, n, STEPS, device))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host-to-GPU feeding needs a GPU")
+@pytest.mark.parametrize("impl", ["vmd_fast DevicePrefetcher (pinned, copy ahead)", "plain .to(device)"])
+def test_cuda_host_batches_feed_throughput(benchmark, impl):
+    """Images on the host feeding a GPU loop: copies from pinned memory one batch ahead on a
+    side stream against a synchronous copy from pageable memory per batch."""
+    from vmd_fast.io.prefetch import DevicePrefetcher, row_batches
+
+    batches, n = 16, 256
+    images = torch.rand(batches * n, 3, 128, 128)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(64, 64, 3, padding=1)).cuda()
+    if impl.startswith("vmd_fast"):
+        pinned = images.pin_memory()
+
+        def run():
+            for x in DevicePrefetcher(row_batches(pinned, batch_size=n), "cuda"):
+                net(x)
+            torch.cuda.synchronize()
+    else:
+        def run():
+            for x in row_batches(images, batch_size=n):
+                net(x.to("cuda"))
+            torch.cuda.synchronize()
+    with torch.no_grad():
+        _timed(benchmark, "cuda", f"feed {batches} host batches of {n}x3x128x128 to a conv, per image", impl,
+               batches * n, run)
