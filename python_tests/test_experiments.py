@@ -122,6 +122,39 @@ def test_table_2_7_2_8_reports_accuracy_under_attack_and_sdar(toy_world, tmp_pat
     assert "Table 2.7" in markdown and "Table 2.8" in markdown
 
 
+def test_table_2_2_2_6_reports_attack_success_and_the_ablation(toy_world, tmp_path):
+    from experiments import table_2_2_2_6_attack_success as script
+
+    record, markdown = _run(script, tmp_path)
+    table_22, table_26 = record["measurements"]["table_2_2"], record["measurements"]["table_2_6"]
+    assert list(table_22) == list(script.TABLE_2_2_TARGETS)
+    for rates in table_22.values():
+        assert list(rates) == ["1.5/255", "4/255"]
+        assert all(set(r) == {"FGSM", "PGD", "SIA"} and all(0 <= v <= 1 for v in r.values()) for r in rates.values())
+    assert list(table_26) == ["eyeglasses_classifier"] and list(table_26["eyeglasses_classifier"]) == list(script.ABLATION)
+    # Table 2.2's SIA at the first bound is the ablation's Full run, not a second one.
+    assert table_22["eyeglasses_classifier"]["1.5/255"]["SIA"] == table_26["eyeglasses_classifier"]["Full"]
+    for relation, name in zip(record["relations"], script.TABLE_2_2_TARGETS):
+        r = table_22[name]["1.5/255"]
+        assert relation["holds"] == (r["SIA"] > r["PGD"] > r["FGSM"])
+    row = table_26["eyeglasses_classifier"]
+    assert record["relations"][-1]["holds"] == (row["Full"] >= max(row["I"], row["A"]))
+    assert "Table 2.2" in markdown and "| OR |" in markdown and "attribute step 4/255" in markdown
+
+
+def test_sia_reconstruction_row_is_the_editor_output():
+    """OR runs SIA with both steps 0: its adversary is G(x, a), whatever the target."""
+    from vmd_fast import sia
+
+    editor, x = FaceColourEditor(), torch.rand(3, 3, 8, 8)
+    a = torch.rand(3, len(EDITOR_ATTRIBUTES))
+    from experiments import table_2_2_2_6_attack_success as script
+
+    result = sia.attack(lambda im: im.mean(dim=(1, 2, 3))[:, None] - 0.5, x, a, editor=editor, steps=1,
+                        **{k: v for k, v in script.ABLATION["OR"].items()})
+    torch.testing.assert_close(result.adversarial, editor.decode(x, a))
+
+
 def test_table_2_9_compares_every_strategy_on_a_balanced_set(toy_world, tmp_path):
     from experiments import table_2_9_imbalanced as script
 
