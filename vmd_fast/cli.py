@@ -212,8 +212,7 @@ def cmd_attack(args) -> int:
     generator = torch.Generator().manual_seed(args.seed)
     adversarial, success, changes = [], [], []
     inputs = (x,) if a is None else (x, a)
-    if device.type == "cuda":
-        inputs = tuple(t.pin_memory() for t in inputs)  # each batch's copy overlaps the last attack
+    # On CUDA each batch is pinned and copied while the attack on the one before runs.
     for batch in DevicePrefetcher(row_batches(*inputs, batch_size=args.batch_size), device):
         xb, ab = (batch, None) if a is None else batch
         if args.method == "sia":

@@ -322,8 +322,8 @@ def diagnose(
             ``images`` is not given.
         editor: default: the zoo's ``"editor"``.
         images, attributes: your own (N, 3, H, W) images and (N, A) attributes in [0, 1],
-            on any device: host tensors are pinned and copied to ``device`` one batch
-            ahead of the attack (:class:`vmd_fast.io.prefetch.DevicePrefetcher`).
+            on any device: host tensors are pinned a batch at a time and copied to
+            ``device`` one batch ahead of the attack (:class:`vmd_fast.io.prefetch.DevicePrefetcher`).
         config, overrides: :class:`SIAConfig` and field overrides.
         batch_size: images attacked together.
         seed: seeds the rendered faces and, with ``seed + b``, batch b's keypoint targets.
@@ -359,9 +359,6 @@ def diagnose(
         images, attributes = _world_images(n_images, names, seed, rows=slice(lo, hi))
     else:
         images, attributes = images[lo:hi], attributes[lo:hi]
-    if device.type == "cuda" and images.device.type == "cpu":
-        # Pinned once, so every batch's copy overlaps the attack on the one before.
-        images, attributes = images.pin_memory(), attributes.pin_memory()
     batch_rows = DevicePrefetcher(row_batches(images, attributes, batch_size=batch_size), device)
     label = target_label(target)
     if not cfg.protect and label in names:
