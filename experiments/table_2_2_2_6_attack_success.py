@@ -40,7 +40,7 @@ STEP = 0.25 / 255  # eta of SIA and PGD (thesis 2.4.3)
 LARGE_ATTRIBUTE_STEP = 4 / 255  # the thesis's other step (Table 2.1)
 TABLE_2_2_TARGETS = ("eyeglasses_classifier", "male_classifier")
 ABLATION = {  # row -> SIA settings
-    "OR": {"mode": "full", "step": 0.0, "step_attributes": 0.0},  # the editor's reconstruction G(x, a)
+    "OR": {"mode": "full", "step": 0.0, "step_attributes": 0.0, "steps": 1},  # nothing moves: G(x, a)
     "I": {"mode": "image"},
     "I + PA": {"mode": "partial_attribute"},
     "A": {"mode": "attribute"},
@@ -119,8 +119,6 @@ class _Attacker:
 
     def sia(self, eps: float, **settings) -> float:
         settings = {"step": STEP, "steps": self.s.steps, **settings}
-        if settings["step"] == 0 and settings.get("step_attributes") == 0:
-            settings["steps"] = 1  # OR: nothing moves, the adversary is G(x, a)
         return self._rate(
             lambda x, a, g: sia.attack(self.model, x, a, editor=self.editor, eps_x=eps,
                                        partial_steps=max(1, self.s.steps // 10), protect=self.protect,

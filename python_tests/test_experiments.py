@@ -150,8 +150,8 @@ def test_sia_reconstruction_row_is_the_editor_output():
     a = torch.rand(3, len(EDITOR_ATTRIBUTES))
     from experiments import table_2_2_2_6_attack_success as script
 
-    result = sia.attack(lambda im: im.mean(dim=(1, 2, 3))[:, None] - 0.5, x, a, editor=editor, steps=1,
-                        **{k: v for k, v in script.ABLATION["OR"].items()})
+    result = sia.attack(lambda im: im.mean(dim=(1, 2, 3))[:, None] - 0.5, x, a, editor=editor,
+                        **script.ABLATION["OR"])
     torch.testing.assert_close(result.adversarial, editor.decode(x, a))
 
 
