@@ -46,6 +46,10 @@ def test_row_batches_reject_mismatched_rows_and_nothing():
         list(row_batches(torch.zeros(4, 2), torch.zeros(3), batch_size=2))
     with pytest.raises(ValueError, match="at least one tensor"):
         list(row_batches(batch_size=2))
+    with pytest.raises(ValueError, match="tensor 1 must be a tensor with a batch dimension"):
+        list(row_batches(torch.zeros(4, 2), [1, 2, 3, 4], batch_size=2))
+    with pytest.raises(ValueError, match="tensor 0 must be a tensor with a batch dimension"):
+        list(row_batches(torch.tensor(1.0), batch_size=2))
 
 
 @pytest.mark.parametrize("device", DEVICES)

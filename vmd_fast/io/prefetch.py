@@ -61,6 +61,9 @@ def row_batches(*tensors: torch.Tensor, batch_size: int, start: int = 0, stop: O
         raise ValueError("row_batches needs at least one tensor")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor) or t.dim() < 1:
+            raise ValueError(f"tensor {i} must be a tensor with a batch dimension, got {getattr(t, 'shape', type(t))}")
     n = tensors[0].shape[0]
     for i, t in enumerate(tensors[1:], 1):
         if t.shape[0] != n:
