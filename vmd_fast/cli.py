@@ -130,7 +130,8 @@ def _diagnose(args, device: torch.device) -> int:
 
             clip = zoo.load("clip", device=device)
         attributes = _split(args.attributes) or list(zoom.DEFAULT_ATTRIBUTES)
-        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed)) if v is not None}
+        overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threshold", args.threshold))
+                     if v is not None}
         if args.batch_size is not None:
             overrides["rows_per_batch"] = args.batch_size * len(attributes)
         result = zoom.diagnose(target, attributes, n_images=args.n_images, generator=generator, clip=clip,
@@ -483,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--n-images", type=int, default=32)
     diag.add_argument("--steps", type=int, help="optimisation steps (default: the method's)")
     diag.add_argument("--batch-size", type=int, help="images optimised together (default: SIA 64; ZOOM 256 rows / attributes)")
+    diag.add_argument("--threshold", type=_number,
+                      help="ZOOM: lambda of the edit directions, |M dt| >= lambda (default 0.05)")
     diag.add_argument("--out", default="outputs/diagnosis", help="report directory")
     diag.add_argument("--cache-dir", default=None, help="where ZOOM caches relevance matrices")
     diag.add_argument("--resume", action="store_true", help="checkpoint into --out and resume from it")
