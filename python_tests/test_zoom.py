@@ -112,11 +112,10 @@ def test_global_directions_select_the_attribute_channels(world):
     assert ds[1, 8:].abs().sum() > 0.95 * ds[1].abs().sum()
 
 
-
-
 def test_diagnosis_records_the_threshold_it_used(world):
     result = _diagnose(world, threshold=0.25, steps=2, multi=False)
     assert result.config["threshold"] == 0.25
+
 
 def _diagnose(world, **kw):
     G, clip, relevance = world

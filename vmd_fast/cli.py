@@ -140,6 +140,8 @@ def _diagnose(args, device: torch.device) -> int:
     else:
         from vmd_fast import sia
 
+        if args.threshold is not None:
+            raise UsageError("--threshold sets ZOOM's edit directions; SIA has none (use --method zoom)")
         editor = _editor(args, device)
         unknown = [a for a in _split(args.attributes) if a not in editor.attributes]
         if unknown:
