@@ -112,9 +112,53 @@ def test_global_directions_select_the_attribute_channels(world):
     assert ds[1, 8:].abs().sum() > 0.95 * ds[1].abs().sum()
 
 
+def _random_relevance(channels=300, width=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    M = torch.nn.functional.normalize(torch.randn(channels, width, generator=gen), dim=1)
+    std = torch.rand(channels, generator=gen) + 0.5
+    dt = torch.nn.functional.normalize(torch.randn(3, width, generator=gen), dim=1)
+    return {"M": M, "std": std}, dt
+
+
+@pytest.mark.parametrize("k", [1, 7, 40])
+def test_max_channels_keeps_the_k_most_relevant_channels(k):
+    relevance, dt = _random_relevance()
+    ds = zoom.global_directions(relevance, dt, threshold=0.05, max_channels=k)
+    r = dt @ relevance["M"].T
+    keep = torch.zeros_like(r, dtype=torch.bool).scatter_(1, r.abs().topk(k, dim=1).indices, True)
+    want = torch.nn.functional.normalize(r * keep * relevance["std"], dim=1)
+    assert torch.equal(ds != 0, keep)
+    torch.testing.assert_close(ds, want)
+
+
+def test_max_channels_does_not_add_channels_below_the_threshold():
+    relevance, dt = _random_relevance()
+    capped = zoom.global_directions(relevance, dt, threshold=0.6, max_channels=250)
+    torch.testing.assert_close(capped, zoom.global_directions(relevance, dt, threshold=0.6))
+    assert int((capped != 0).sum(dim=1).max()) < 250
+
+
+def test_an_empty_direction_falls_back_to_a_lower_threshold():
+    relevance, dt = _random_relevance()
+    for cap in (None, 5):
+        ds = zoom.global_directions(relevance, dt, threshold=1.5, max_channels=cap)
+        assert bool((ds.abs().sum(dim=1) > 0).all())
+        torch.testing.assert_close(ds.norm(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "64"])
+def test_max_channels_must_be_a_positive_integer(bad):
+    relevance, dt = _random_relevance()
+    with pytest.raises(ValueError, match="max_channels must be a positive integer or None"):
+        zoom.global_directions(relevance, dt, max_channels=bad)
+    with pytest.raises(ValueError, match="max_channels must be a positive integer or None"):
+        zoom.ZoomConfig(max_channels=bad)
+
+
 def test_diagnosis_records_the_threshold_it_used(world):
-    result = _diagnose(world, threshold=0.25, steps=2, multi=False)
+    result = _diagnose(world, threshold=0.25, max_channels=9, steps=2, multi=False)
     assert result.config["threshold"] == 0.25
+    assert result.config["max_channels"] == 9
 
 
 def _diagnose(world, **kw):

@@ -355,29 +355,64 @@ class ClipScorer:
             return torch.softmax(torch.stack([logits[:, :a], logits[:, a:]], dim=-1), dim=-1)[..., 0]
 
 
-def global_directions(relevance: Dict[str, torch.Tensor], dt: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+def _check_max_channels(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"max_channels must be a positive integer or None, got {value!r}")
+
+
+def global_directions(
+    relevance: Dict[str, torch.Tensor],
+    dt: torch.Tensor,
+    threshold: float = 0.05,
+    max_channels: Optional[int] = None,
+) -> torch.Tensor:
     """Unit-norm style-space edit directions for text directions ``dt`` (thesis Eq. 3.2).
 
-    ``(M dt) 1(|M dt| >= threshold)`` scaled by the channel std, normalised per attribute,
-    for all attributes in one fused call. An attribute that no channel passes the
-    threshold for is retried with half the threshold (logged), so that no direction is
-    silently zero.
+    ``(M dt) 1(|M dt| >= lambda_i)`` scaled by the channel std, normalised per attribute,
+    through the fused ``relevance_directions``. ``lambda_i`` is ``threshold``, raised for
+    attribute i to its ``max_channels``-th largest ``|M dt|`` when more channels than that
+    pass (so each direction keeps at most ``max_channels`` channels, up to ties within a
+    relative 1e-5, which absorbs the fused op's own rounding of ``M dt``). An
+    attribute that no channel passes ``threshold`` for is retried with half of it, and so
+    on (logged), so that no direction is silently zero.
+
+    Args:
+        relevance: :func:`relevance_matrix`'s ``{"M": (C, D), "std": (C,)}``.
+        dt: (A, D) CLIP text directions.
+        threshold: lambda of Eq. 3.2, a cosine in [0, 1].
+        max_channels: keep at most this many channels per attribute; ``None``: no cap
+            (the thesis's rule).
 
     Returns:
         (A, C) directions.
     """
+    _check_max_channels(max_channels)
     M, std = relevance["M"], relevance["std"]
     dt = dt.to(M.device, M.dtype)
-    ds = ops.relevance_directions(M, dt, threshold, normalize="l2", channel_scale=std)
-    empty = ds.abs().sum(dim=1) == 0
-    lowered = threshold
-    while bool(empty.any()) and lowered > 1e-6:
-        lowered /= 2
-        log.info("no style channel passes the threshold %.4g for %d attribute(s); trying %.4g",
-                 threshold, int(empty.sum()), lowered)
-        retry = ops.relevance_directions(M, dt[empty], lowered, normalize="l2", channel_scale=std)
-        ds[empty] = retry
-        empty = ds.abs().sum(dim=1) == 0
+    lam = torch.full((dt.shape[0],), float(threshold), dtype=torch.float64)
+    if max_channels is not None and max_channels < M.shape[0]:
+        r = (dt @ M.T).abs() * (std != 0)  # (A, C); a channel of zero std cannot move
+        kth = r.topk(max_channels, dim=1).values[:, -1].double().cpu() * (1 - 1e-5)
+        lam = torch.maximum(lam, kth)
+
+    def directions(rows: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(len(rows), M.shape[0], dtype=M.dtype, device=M.device)
+        for value in torch.unique(lam[rows]).tolist():  # one fused call per distinct lambda
+            same = (lam[rows] == value).nonzero().flatten()
+            out[same.to(M.device)] = ops.relevance_directions(
+                M, dt[rows[same].to(M.device)], value, normalize="l2", channel_scale=std)
+        return out
+
+    everything = torch.arange(dt.shape[0])
+    ds = directions(everything)
+    empty = (ds.abs().sum(dim=1) == 0).cpu()
+    while bool(empty.any()) and float(lam[empty].max()) > 1e-6:
+        log.info("no style channel passes the threshold %.4g for %d attribute(s); trying half of it",
+                 float(lam[empty].max()), int(empty.sum()))
+        lam[empty] /= 2
+        rows = everything[empty]
+        ds[rows.to(M.device)] = directions(rows)
+        empty = (ds.abs().sum(dim=1) == 0).cpu()
     return ds
 
 
@@ -396,6 +431,10 @@ class ZoomConfig:
         lr: eta of ``w <- clamp(w - eta grad, -eps, eps)``.
         eps: bound of every edit strength w_i.
         threshold: lambda of Eq. 3.2.
+        max_channels: keep at most this many style channels per edit direction (the
+            most relevant ones; :func:`global_directions`). ``None`` is the thesis's
+            lambda-only rule. The default 64 is what passes the planted-bias and head-pose
+            checks on the embedded world (docs/diagnosis.md, "Channels per direction").
         prefix, template: how attribute prompts are written (Eq. 3.1, :func:`attribute_prompt`).
         consistency_prompts: CLIP prompts of the target's own attribute for L_attr (e.g.
             ("a face that is smiling", "a face that is not smiling")); default: built from
@@ -416,6 +455,7 @@ class ZoomConfig:
     lr: float = 0.2
     eps: float = 30.0
     threshold: float = 0.05
+    max_channels: Optional[int] = 64
     prefix: str = "a photo of a face"
     template: Optional[str] = None
     consistency_prompts: Optional[Sequence[str]] = None
@@ -436,6 +476,7 @@ class ZoomConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_max_channels(self.max_channels)
 
 
 class _Search:
@@ -641,7 +682,7 @@ def diagnose(
     if relevance is None:
         relevance = relevance_matrix(generator, clip, relevance_config, cache_dir=cache_dir, progress=progress)
     dt = text_directions(clip, attributes, cfg.prefix, cfg.template, tokenizer)
-    ds = global_directions(relevance, dt, cfg.threshold)  # (A, C)
+    ds = global_directions(relevance, dt, cfg.threshold, cfg.max_channels)  # (A, C)
     prompts = _consistency_prompts(target, cfg)
     text = clip_text_features(clip, prompts, tokenizer) * (1.0 / cfg.consistency_temperature) if prompts else None
     # The temperature is folded into the logits; clip_consistency then runs at 1.
