@@ -218,6 +218,17 @@ def test_report_of_two_runs_writes_a_comparison(tmp_path, capsys):
     assert rows["a"]["ZOOM run.flip_rate"] == "" and float(rows["c"]["ZOOM run.flip_rate"]) == 0.0
 
 
+def test_max_channels_none_lifts_the_cap_and_zero_is_refused(tmp_path, capsys):
+    world = ["--target", "test_zoom:RedClassifier", "--generator", "test_zoom:ColourGenerator", "--clip",
+             "test_distributed:colour_clip", "--attributes", "red,green", "--n-images", "2", "--steps", "2",
+             "--threshold", "0.3", "--no-decoupling", "--device", "cpu"]
+    assert cli.main(["diagnose", *world, "--max-channels", "none", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["config"]["max_channels"] is None
+    with pytest.raises(SystemExit) as exit_:  # argparse's own usage error
+        cli.main(["diagnose", *world, "--max-channels", "0", "--out", str(tmp_path / "zero")])
+    assert exit_.value.code == 2 and "'0' is not a positive integer or 'none'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [
@@ -229,7 +240,12 @@ def test_report_of_two_runs_writes_a_comparison(tmp_path, capsys):
         (["diagnose", "--method", "sia", "--editor", "test_sia_attacks:ColourEditor", "--attributes", "smile,redness",
           "--target", "test_sia_attacks:RedClassifier"], "--attributes ['smile'] are not attributes of the editor"),
         (["diagnose", "--method", "sia", "--threshold", "0.3", "--target", "test_sia_attacks:RedClassifier"],
-         "--threshold sets ZOOM's edit directions"),
+         "--threshold applies only to --method zoom, not --method sia"),
+        (["diagnose", "--method", "sia", "--max-channels", "none", "--cache-dir", "DIR", "--no-decoupling",
+          "--target", "test_sia_attacks:RedClassifier"],
+         "--max-channels, --cache-dir, --no-decoupling apply only to --method zoom"),
+        (["diagnose", "--editor", "test_sia_attacks:ColourEditor", "--target", "test_sia_attacks:RedClassifier"],
+         "--editor applies only to --method sia, not --method zoom"),
         (["diagnose", "--threshold", "-0.1", "--target", "test_zoom:RedClassifier", "--generator", "test_zoom:ColourGenerator",
           "--clip", "test_distributed:colour_clip", "--attributes", "red"], "threshold must be a number >= 0"),
         (["attack", "--target", "WEIGHTS"], "name its architecture with --arch"),

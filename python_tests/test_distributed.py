@@ -252,7 +252,7 @@ def test_torchrun_cli_diagnosis_writes_one_report_equal_to_one_process(tmp_path)
            "OMP_NUM_THREADS": "1"}
     args = ["diagnose", "--method", "zoom", "--target", "test_zoom:RedClassifier", "--generator",
             "test_zoom:ColourGenerator", "--clip", "test_distributed:colour_clip", "--attributes", "red,green,blue",
-            "--n-images", "5", "--batch-size", "2", "--steps", "10", "--threshold", "0.3", "--device", "cpu",
+            "--n-images", "5", "--batch-size", "2", "--steps", "10", "--threshold", "0.3", "--max-channels", "6", "--device", "cpu",
             "--cache-dir", str(tmp_path / "cache")]
     one = subprocess.run([sys.executable, "-m", "vmd_fast.cli", *args, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, timeout=300, env=env)
@@ -265,7 +265,7 @@ def test_torchrun_cli_diagnosis_writes_one_report_equal_to_one_process(tmp_path)
     assert two.stdout.count("most sensitive attribute") == 1  # rank 0 alone reports
     summaries = [json.load(open(tmp_path / run / "result.json")) for run in ("one", "two")]
     assert summaries[0]["n_images"] == summaries[1]["n_images"] == 5
-    assert summaries[0]["config"]["threshold"] == 0.3
+    assert summaries[0]["config"]["threshold"] == 0.3 and summaries[0]["config"]["max_channels"] == 6
     for key in ("sensitivity", "flip_rate", "ranking", "metrics"):
         assert summaries[0][key] == summaries[1][key], key
     assert summaries[0]["metrics"]["decoupling"]["edited"] == ["red", "green", "blue"]  # scored once, on rank 0

@@ -116,9 +116,43 @@ def cmd_diagnose(args) -> int:
         return _diagnose(args, device)
 
 
+# Flags that only one diagnosis method reads: given to the other, they are a usage error,
+# not silently ignored.
+_METHOD_FLAGS = {
+    "zoom": (("threshold", "--threshold"), ("max_channels", "--max-channels"), ("cache_dir", "--cache-dir"),
+             ("no_decoupling", "--no-decoupling"), ("generator", "--generator"), ("clip", "--clip"),
+             ("clip_arch", "--clip-arch")),
+    "sia": (("editor", "--editor"), ("editor_attributes", "--editor-attributes")),
+}
+
+
+def _check_method_flags(args) -> None:
+    for method, flags in _METHOD_FLAGS.items():
+        # "not given" is None, or False for a switch (a 0 that was given counts: --max-channels none)
+        given = [flag for name, flag in flags if getattr(args, name, None) is not None
+                 and getattr(args, name) is not False]
+        if method != args.method and given:
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"{', '.join(given)} {verb} only to --method {method}, not --method {args.method}")
+
+
+def _max_channels(text: str) -> int:
+    """A positive channel count, or ``none`` for no cap (0 here, ``None`` for ZOOM)."""
+    if text.strip().lower() == "none":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer or 'none'")
+    return value
+
+
 def _diagnose(args, device: torch.device) -> int:
     from vmd_fast import distributed
 
+    _check_method_flags(args)
     target = load_target(args.target, device, args)
     if args.method == "zoom":
         from vmd_fast import zoom
@@ -132,6 +166,8 @@ def _diagnose(args, device: torch.device) -> int:
         attributes = _split(args.attributes) or list(zoom.DEFAULT_ATTRIBUTES)
         overrides = {k: v for k, v in (("steps", args.steps), ("seed", args.seed), ("threshold", args.threshold))
                      if v is not None}
+        if args.max_channels is not None:
+            overrides["max_channels"] = args.max_channels or None
         if args.batch_size is not None:
             overrides["rows_per_batch"] = args.batch_size * len(attributes)
         result = zoom.diagnose(target, attributes, n_images=args.n_images, generator=generator, clip=clip,
@@ -140,8 +176,6 @@ def _diagnose(args, device: torch.device) -> int:
     else:
         from vmd_fast import sia
 
-        if args.threshold is not None:
-            raise UsageError("--threshold sets ZOOM's edit directions; SIA has none (use --method zoom)")
         editor = _editor(args, device)
         unknown = [a for a in _split(args.attributes) if a not in editor.attributes]
         if unknown:
@@ -488,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--batch-size", type=int, help="images optimised together (default: SIA 64; ZOOM 256 rows / attributes)")
     diag.add_argument("--threshold", type=_number,
                       help="ZOOM: lambda of the edit directions, |M dt| >= lambda (default 0.05)")
+    diag.add_argument("--max-channels", type=_max_channels,
+                      help="ZOOM: keep at most N style channels per edit direction, or 'none' (default 64)")
     diag.add_argument("--out", default="outputs/diagnosis", help="report directory")
     diag.add_argument("--cache-dir", default=None, help="where ZOOM caches relevance matrices")
     diag.add_argument("--resume", action="store_true", help="checkpoint into --out and resume from it")
