@@ -2,7 +2,8 @@
 # Installs everything (scripts/setup.sh) and runs vmd_fast's main job on the embedded
 # default: a ZOOM and an SIA diagnosis of the zoo's planted-bias smile classifier (trained
 # where hats go with smiles), each with its report, then prints where the reports went.
-# Extra arguments go to both `vmd-fast diagnose` calls (e.g. --n-images 64 --device cuda).
+# Extra arguments go to both `vmd-fast diagnose` calls, so they must be flags both methods
+# take (e.g. --n-images 64 --device cuda; not ZOOM-only ones such as --threshold).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
