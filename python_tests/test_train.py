@@ -78,6 +78,20 @@ def test_counterfactuals_are_labelled_with_the_original_prediction(colour_world,
         _cf(colour_world, counterfactual_labels="logits")
 
 
+def test_counterfactual_training_builds_the_directions_as_the_diagnosis_does(colour_world, monkeypatch):
+    seen, real = [], zoom.global_directions
+    monkeypatch.setattr(zoom, "global_directions", lambda *a: seen.append(a[2:]) or real(*a))
+    _cf(colour_world, epochs=1, zoom_threshold=0.2, zoom_max_channels=3)
+    assert seen == [(0.2, 3)]
+    defaults = zoom.ZoomConfig()
+    assert (train.TrainConfig().zoom_threshold, train.TrainConfig().zoom_max_channels) == \
+        (defaults.threshold, defaults.max_channels)
+    for bad, message in (({"zoom_max_channels": 0}, "zoom_max_channels must be a positive integer or None"),
+                         ({"zoom_threshold": -1.0}, "zoom_threshold must be a number >= 0")):
+        with pytest.raises(ValueError, match=message):
+            train.TrainConfig(**bad)
+
+
 def test_predicted_labels_are_the_argmax_in_the_soft_labels_shape():
     binary, multi = SmallClassifier(), nn.Identity()
     logits = torch.tensor([[2.0], [-1.0]])

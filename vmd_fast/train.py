@@ -59,6 +59,9 @@ class TrainConfig:
         seed: seeds the data order and the generated examples.
         zoom_steps, zoom_lr, zoom_eps, n_generated: counterfactual search per batch
             (``n_generated`` images, multi-attribute, thesis eta = 0.2, eps = 30).
+        zoom_threshold, zoom_max_channels: how the counterfactuals' edit directions are
+            built, as in diagnosis (:class:`vmd_fast.zoom.ZoomConfig`'s ``threshold`` and
+            ``max_channels``), so that training fixes what the diagnosis found.
         attack_steps: steps of the SIA / PGD / SPT attack per batch.
         counterfactual_labels: what counterfactual training fits a counterfactual to: the
             original model's predicted class of the unedited image (``"prediction"``, the
@@ -75,6 +78,8 @@ class TrainConfig:
     zoom_steps: int = 10
     zoom_lr: float = 0.2
     zoom_eps: float = 30.0
+    zoom_threshold: float = 0.05
+    zoom_max_channels: Optional[int] = 64
     n_generated: int = 32
     attack_steps: int = 20
     counterfactual_labels: str = "prediction"
@@ -83,6 +88,9 @@ class TrainConfig:
         if self.counterfactual_labels not in COUNTERFACTUAL_LABELS:
             raise ValueError(f"counterfactual_labels must be one of {COUNTERFACTUAL_LABELS}, "
                              f"got {self.counterfactual_labels!r}")
+        if not isinstance(self.zoom_threshold, (int, float)) or not self.zoom_threshold >= 0:
+            raise ValueError(f"zoom_threshold must be a number >= 0, got {self.zoom_threshold!r}")
+        zoom.check_max_channels(self.zoom_max_channels, "zoom_max_channels")
 
 
 @dataclass
@@ -274,7 +282,8 @@ def counterfactual(
         clip = clip if clip is not None else zoo.load("clip", device=device)
     if relevance is None:
         relevance = zoom.relevance_matrix(generator, clip, progress=progress)
-    ds = zoom.global_directions(relevance, zoom.text_directions(clip, list(attributes), tokenizer=tokenizer))
+    ds = zoom.global_directions(relevance, zoom.text_directions(clip, list(attributes), tokenizer=tokenizer),
+                                cfg.zoom_threshold, cfg.zoom_max_channels)
     frozen = copy.deepcopy(model).to(device).eval().requires_grad_(False)
     zcfg = zoom.ZoomConfig(steps=cfg.zoom_steps, lr=cfg.zoom_lr, eps=cfg.zoom_eps, gamma=0.0)
 

@@ -355,9 +355,10 @@ class ClipScorer:
             return torch.softmax(torch.stack([logits[:, :a], logits[:, a:]], dim=-1), dim=-1)[..., 0]
 
 
-def _check_max_channels(value) -> None:
+def check_max_channels(value, name: str = "max_channels") -> None:
+    """Raise a ``ValueError`` naming ``name`` unless ``value`` is a positive int or None."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"max_channels must be a positive integer or None, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
 
 
 def global_directions(
@@ -386,7 +387,7 @@ def global_directions(
     Returns:
         (A, C) directions.
     """
-    _check_max_channels(max_channels)
+    check_max_channels(max_channels)
     M, std = relevance["M"], relevance["std"]
     dt = dt.to(M.device, M.dtype)
     lam = torch.full((dt.shape[0],), float(threshold), dtype=torch.float64)
@@ -476,7 +477,7 @@ class ZoomConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        _check_max_channels(self.max_channels)
+        check_max_channels(self.max_channels)
 
 
 class _Search:
