@@ -51,12 +51,6 @@ def _world_attributes_without(label):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="holds for 1 of 3 at this size, measured 2026-11-23 (16 images, 30 steps): "
-    "earrings_bias_eyeglasses puts eyeglasses on top but so does its twin; smile_bias_hat "
-    "puts grey hair first, bangs_bias_beard an open mouth.",
-)
 @pytest.mark.parametrize("name", PLANTED)
 def test_zoom_puts_the_planted_attribute_on_top_and_the_twin_does_not(zoom_world, name):
     biased = _load(name)
@@ -68,14 +62,16 @@ def test_zoom_puts_the_planted_attribute_on_top_and_the_twin_does_not(zoom_world
     assert twin.ranking()[0] != zoom.WORLD_PROMPTS[spurious]
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
+SIA_MISSES = pytest.mark.xfail(
     strict=False,
-    reason="measured 2026-11-23 (32 images, 100 steps): SIA puts the planted attribute on top "
-    "for smile_bias_hat (hat) and earrings_bias_eyeglasses (eyeglasses, and ZOOM agrees), "
-    "not for bangs_bias_beard (hat before beard); ZOOM disagrees on smile_bias_hat.",
+    reason="measured 2026-12-07 (32 images, 100 steps): SIA puts a hat before the beard "
+    "(ZOOM, with 64 channels per direction, puts the beard on top)",
 )
-@pytest.mark.parametrize("name", PLANTED)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=SIA_MISSES) if n == "bangs_bias_beard" else n for n in PLANTED])
 def test_sia_puts_the_planted_attribute_on_top_and_agrees_with_zoom(zoom_world, name):
     biased = _load(name)
     label, spurious = _bias(biased)
