@@ -61,13 +61,13 @@ Choices that differ from the thesis or that it leaves open:
   random point of its ball); SIA itself is deterministic.
 - Planted bias: a control fine-tunes on the same biased renders without counterfactuals,
   so that what counterfactual training adds can be told apart from more training.
-- CT labels each counterfactual with the original model's predicted class (Eq. 3.12:
-  "the model's original predictions as labels"). Run with `--ct-labels probability`, CT fits
+- CT labels each counterfactual with the original model's predicted class (Eq. 3.12: "the
+  model's original predictions as labels"). Run with `--ct-labels probability`, CT fits
   the original probabilities instead; measured that way at the default size, seed 0
-  (2026-11-23, 1 thread): Table 3.3's multi-attribute FR-25 went 43.75 -> 25.00 % and FR-100
-  6.25 -> 0.00 % (accuracy 99.10 -> 98.55 %), and on `smile_bias_hat` the hat sensitivity
-  went 0.1515 -> 0.1517 with the worst-group accuracy at 0.40 % before and after: neither
-  relation held.
+  (2026-11-23, 1 thread, before the 64-channel cap of the edit directions): Table 3.3's
+  multi-attribute FR-25 went 43.75 -> 25.00 % and FR-100 6.25 -> 0.00 % (accuracy 99.10 ->
+  98.55 %), and on `smile_bias_hat` the hat sensitivity went 0.1515 -> 0.1517 with the
+  worst-group accuracy at 0.40 % before and after: neither relation held.
 """
 
 
