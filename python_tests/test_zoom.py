@@ -146,6 +146,15 @@ def test_an_empty_direction_falls_back_to_a_lower_threshold():
         torch.testing.assert_close(ds.norm(dim=1), torch.ones(3))
 
 
+@pytest.mark.parametrize("cap", [None, 5])
+def test_bad_text_directions_are_named_with_or_without_the_cap(cap):
+    relevance, dt = _random_relevance()
+    with pytest.raises(ValueError, match="dt must have shape \\(attributes, 16\\)"):
+        zoom.global_directions(relevance, dt[:, :15], max_channels=cap)
+    with pytest.raises(ValueError, match="dt contains NaN or Inf"):
+        zoom.global_directions(relevance, torch.full_like(dt, float("nan")), max_channels=cap)
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True, "64"])
 def test_max_channels_must_be_a_positive_integer(bad):
     relevance, dt = _random_relevance()

@@ -392,7 +392,9 @@ def global_directions(
     dt = dt.to(M.device, M.dtype)
     lam = torch.full((dt.shape[0],), float(threshold), dtype=torch.float64)
     if max_channels is not None and max_channels < M.shape[0]:
-        r = (dt @ M.T).abs() * (std != 0)  # (A, C); a channel of zero std cannot move
+        # |M dt| (A, C) from the fused op itself, which also checks dt against M by name;
+        # a channel of zero std cannot move, so it does not count towards the cap.
+        r = ops.relevance_directions(M, dt, 0.0, normalize="none", channel_scale=(std != 0).to(M.dtype)).abs()
         kth = r.topk(max_channels, dim=1).values[:, -1].double().cpu() * (1 - 1e-5)
         lam = torch.maximum(lam, kth)
 
