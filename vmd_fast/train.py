@@ -78,8 +78,8 @@ class TrainConfig:
     zoom_steps: int = 10
     zoom_lr: float = 0.2
     zoom_eps: float = 30.0
-    zoom_threshold: float = 0.05
-    zoom_max_channels: Optional[int] = 64
+    zoom_threshold: float = zoom.ZoomConfig.threshold  # the diagnosis's defaults, not copies
+    zoom_max_channels: Optional[int] = zoom.ZoomConfig.max_channels
     n_generated: int = 32
     attack_steps: int = 20
     counterfactual_labels: str = "prediction"
