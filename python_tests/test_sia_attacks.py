@@ -197,14 +197,99 @@ def test_spt_changes_only_attributes_and_finds_the_red_one(gen):
     assert (limited.a_T - a).abs().max() <= 0.01 + 1e-6
 
 
+def test_sia_ascends_a_users_loss_and_still_judges_success_by_the_adapter(gen):
+    x, a = _batch(gen)
+    editor, target = ColourEditor(), RedClassifier()
+    seen = {}
+
+    def flat(out, labels):  # constant: zero gradient, so sign steps move nothing
+        seen["labels"] = labels
+        return out[:, 0] * 0.0
+
+    still = sia.attack(target, x, a, editor=editor, steps=20, loss=flat)
+    assert torch.equal(still.a_T, a) and torch.equal(still.x_T, x)
+    assert torch.equal(seen["labels"], (target(x)[:, 0] > 0).float())  # the model's own predictions
+
+    def redder(out, labels):  # ascend the logit: confirm the prediction instead of flipping it
+        return out[:, 0]
+
+    result = sia.attack(target, x, a, editor=editor, steps=30, mode="attribute", loss=redder)
+    assert (result.a_T[:, 0] > a[:, 0]).all()  # redness went up, the loss's direction
+    assert torch.equal(result.a_T[:, 1:], a[:, 1:])  # the other colours do not move the logit
+    assert not result.success.any()  # success is still the binary adapter's flip
+    default = sia.attack(target, x, a, editor=editor, steps=30, mode="attribute")
+    assert (default.a_T[:, 0] < a[:, 0]).all()  # the default objective pulls the other way
+
+
+def test_sia_seed_is_the_generator_of_the_keypoint_goals(gen):
+    x, a = _batch(gen)
+    editor, detector = ColourEditor(), nn.Conv2d(3, 2, 3, stride=2)
+    with torch.no_grad():
+        detector.weight.copy_(torch.randn(detector.weight.shape, generator=gen))
+    kw = dict(editor=editor, steps=8, step=4 / 255, eps_x=8 / 255)
+    by_seed = sia.attack(detector, x, a, seed=5, **kw)
+    by_generator = sia.attack(detector, x, a, generator=torch.Generator().manual_seed(5), **kw)
+    other = sia.attack(detector, x, a, seed=6, **kw)
+    assert torch.equal(by_seed.x_T, by_generator.x_T) and torch.equal(by_seed.a_T, by_generator.a_T)
+    assert not torch.equal(by_seed.x_T, other.x_T)
+    with pytest.raises(ValueError, match="seed or generator, not both"):
+        sia.attack(detector, x, a, seed=5, generator=torch.Generator(), **kw)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        sia.attack(detector, x, a, seed=0.5, **kw)
+
+
+def test_a_users_loss_is_checked_by_name(gen):
+    x, a = _batch(gen)
+    editor, target = ColourEditor(), RedClassifier()
+    with pytest.raises(ValueError, match=r"loss must return one value per image, shape \(6,\)"):
+        sia.attack(target, x, a, editor=editor, steps=2, loss=lambda out, y: out.sum())
+    with pytest.raises(TypeError, match="loss must be a callable"):
+        sia.attack(target, x, a, editor=editor, steps=2, loss="bce")
+    model = _linear(gen)
+    images = torch.rand(4, 3, 8, 8, generator=gen)
+    with pytest.raises(ValueError, match=r"labels must have one entry per image \(N=4\)"):
+        attacks.pgd(model, images, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="flipped needs a TargetAdapter"):
+        attacks.LossAdapter(model).flipped(model(images), {})
+
+
+def test_pgd_on_an_adapter_takes_the_users_loss_and_labels(gen):
+    model = _linear(gen)
+    x = torch.rand(5, 3, 8, 8, generator=gen)
+    target = torch.full((5,), 2, dtype=torch.long)
+    kw = dict(eps=8 / 255, alpha=1 / 255, steps=10, random_start=False)
+    plain = attacks.pgd(model, x, target, targeted=True, **kw)
+    through_adapter = attacks.pgd(attacks.LossAdapter(model), x, target, targeted=True, **kw)
+    torch.testing.assert_close(through_adapter, plain)
+    assert (model(plain).softmax(1)[:, 2] > model(x).softmax(1)[:, 2]).all()
+
+
+def test_sia_diagnosis_names_the_users_loss(gen, tmp_path):
+    x, a = _batch(gen, n=3)
+
+    def margin(out, labels):  # ascend until the logit crosses the boundary, then stop
+        return torch.where(labels > 0, -out[:, 0], out[:, 0]).clamp(max=0.0)
+
+    result = sia.diagnose(RedClassifier(), editor=ColourEditor(), images=x, attributes=a, steps=200, progress=False,
+                          loss=margin)
+    assert result.config["loss"] == "margin" and result.ranking()[0] == "redness"
+    assert result.multi["flipped"].all()
+    # The margin stops pushing at the boundary, the default BCE does not.
+    default = sia.diagnose(RedClassifier(), editor=ColourEditor(), images=x, attributes=a, steps=200, progress=False)
+    assert result.sensitivity["redness"] < default.sensitivity["redness"]
+    assert default.config["loss"] is None
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("mode", ["full", "partial_image"])
-def test_sia_cuda_graph_replay_equals_eager(gen, mode):
+@pytest.mark.parametrize("mode,custom_loss", [("full", False), ("partial_image", False), ("full", True)])
+def test_sia_cuda_graph_replay_equals_eager(gen, mode, custom_loss):
     x, a = (t.cuda() for t in _batch(gen))
     editor, target = ColourEditor().cuda(), RedClassifier().cuda()
-    graphed = sia.attack(target, x, a, editor=editor, steps=40, mode=mode, partial_steps=10, protect=["blueness"])
-    eager = sia.attack(target, x, a, editor=editor, steps=40, mode=mode, partial_steps=10, protect=["blueness"],
-                       cuda_graph=False)
+    kw = dict(editor=editor, steps=40, mode=mode, partial_steps=10, protect=["blueness"])
+    if custom_loss:  # a user's loss, with its labels, captured in the graph too
+        kw["loss"] = lambda out, y: torch.where(y > 0, -out[:, 0], out[:, 0]).clamp(max=1.0)
+    graphed = sia.attack(target, x, a, **kw)
+    eager = sia.attack(target, x, a, cuda_graph=False, **kw)
     torch.testing.assert_close(graphed.x_T, eager.x_T)
     torch.testing.assert_close(graphed.a_T, eager.a_T)
     assert torch.equal(graphed.success, eager.success)

@@ -10,7 +10,8 @@ cross-entropy for (N, K) logits, binary cross-entropy for one logit. Without ``l
 the model's own predictions on the clean images are used. A
 :class:`vmd_fast.diagnose.TargetAdapter` can stand for the model: the attack then
 minimises its ``objective`` (the same L_target SIA and ZOOM use, keypoints and
-segmentation included).
+segmentation included), unless ``loss``, ``labels`` or ``targeted`` are given. A user's
+loss goes through :class:`LossAdapter`, which :func:`vmd_fast.sia.attack` takes too.
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ def default_loss(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def predicted_labels(outputs: torch.Tensor) -> torch.Tensor:
-    """The model's own labels: argmax of (N, K) logits, ``logit > 0`` for one logit."""
+    """The model's own labels: argmax of (N, K) logits, ``logit > 0`` for one logit; any
+    other output (keypoints, heatmaps, masks) is its own reference, detached."""
     if outputs.dim() == 2 and outputs.shape[1] > 1:
         return outputs.argmax(dim=1)
-    return (outputs.reshape(outputs.shape[0]) > 0).float()
+    if outputs.dim() == 1 or (outputs.dim() == 2 and outputs.shape[1] == 1):
+        return (outputs.reshape(outputs.shape[0]) > 0).float()
+    return outputs.detach()
 
 
 def _check_images(images: torch.Tensor) -> None:
@@ -53,26 +57,91 @@ def _check_images(images: torch.Tensor) -> None:
         raise ValueError("images must lie in [0, 1]")
 
 
+class LossAdapter(TargetAdapter):
+    """A target whose attack objective is a user's loss, in torchattacks' convention.
+
+    The attack ascends ``loss(outputs, labels)`` (descends it when ``targeted``), where
+    ``labels`` are the given ones or the model's own predictions on the clean images
+    (:func:`predicted_labels`). Whether a prediction counts as changed (``flipped``,
+    ``change``) still comes from ``target``'s adapter, so a custom loss changes how an
+    attack searches, not how its success is judged.
+
+    Args:
+        target: a model or a :class:`~vmd_fast.diagnose.TargetAdapter` (its ``outputs``,
+            ``flipped``, ``change`` and ``describe`` are kept; a plain model gets only
+            ``outputs``).
+        loss: ``loss(outputs, labels) -> (N,)``, one value per image; default CE for (N, K)
+            logits, BCE for one logit (:func:`default_loss`).
+        labels: (N, ...) labels of the clean images, or None for the predictions.
+        targeted: move towards ``labels`` instead of away from them.
+
+    Example:
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+        >>> x = torch.rand(2, 3, 2, 2)
+        >>> margin = lambda out, y: out.gather(1, y[:, None])[:, 0] * -1.0
+        >>> adv = pgd(LossAdapter(model, margin), x, eps=0.1, alpha=0.05, steps=2)
+        >>> bool((adv - x).abs().max() <= 0.1 + 1e-6)
+        True
+    """
+
+    def __init__(self, target, loss: Optional[LossFn] = None, labels: Optional[torch.Tensor] = None,
+                 targeted: bool = False):
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be a callable loss(outputs, labels) -> (N,), got {type(loss).__name__}")
+        self.base = target if isinstance(target, TargetAdapter) else None
+        super().__init__(self.base.model if self.base is not None else target)
+        self.task = self.base.task if self.base is not None else "custom"
+        self.loss, self.labels, self.sign = loss or default_loss, labels, (1.0 if targeted else -1.0)
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base.outputs(x) if self.base is not None else self.model(x)
+
+    def reference(self, outputs, generator=None):
+        ref = dict(self.base.reference(outputs, generator)) if self.base is not None else {}
+        labels = predicted_labels(outputs) if self.labels is None else self.labels
+        if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != outputs.shape[0]:
+            raise ValueError(f"labels must have one entry per image (N={outputs.shape[0]}), "
+                             f"got {tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+        ref["loss_labels"] = labels.detach().to(outputs.device)
+        return ref
+
+    def objective(self, outputs, ref):
+        value = self.loss(outputs, ref["loss_labels"])
+        if not isinstance(value, torch.Tensor) or value.shape != (outputs.shape[0],):
+            raise ValueError(f"loss must return one value per image, shape ({outputs.shape[0]},), "
+                             f"got {tuple(getattr(value, 'shape', ())) or type(value).__name__}")
+        # Adapters' objectives are minimised: an untargeted attack ascends the loss.
+        return self.sign * value
+
+    def _base(self, what: str) -> TargetAdapter:
+        if self.base is None:
+            raise TypeError(f"{what} needs a TargetAdapter target, got a plain {type(self.model).__name__}")
+        return self.base
+
+    def change(self, outputs, ref):
+        return self._base("change").change(outputs, ref)
+
+    def flipped(self, outputs, ref):
+        return self._base("flipped").flipped(outputs, ref)
+
+    def describe(self, outputs):
+        return self._base("describe").describe(outputs)
+
+
 class _Objective:
-    """The per-sample loss to descend, for a plain model (with labels) or an adapter."""
+    """The per-sample objective to descend: the adapter's, or ``loss`` away from ``labels``."""
 
     def __init__(self, model, images, labels, loss: Optional[LossFn], targeted: bool):
-        self.adapter = model if isinstance(model, TargetAdapter) else None
-        if self.adapter is not None:
-            with torch.no_grad():
-                self.ref = self.adapter.reference(self.adapter.outputs(images))
-            return
-        self.model, self.loss, self.sign = model, loss or default_loss, (1.0 if targeted else -1.0)
-        if labels is None:
-            with torch.no_grad():
-                labels = predicted_labels(model(images))
-        self.labels = labels.to(images.device)
+        custom = loss is not None or labels is not None or targeted
+        if isinstance(model, TargetAdapter) and not custom:
+            self.adapter = model
+        else:
+            self.adapter = LossAdapter(model, loss, labels, targeted)
+        with torch.no_grad():
+            self.ref = self.adapter.reference(self.adapter.outputs(images))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.adapter is not None:
-            return self.adapter.objective(self.adapter.outputs(x), self.ref)
-        # Untargeted: descend -loss (ascend the loss); targeted: descend the loss to `labels`.
-        return self.sign * self.loss(self.model(x), self.labels)
+        return self.adapter.objective(self.adapter.outputs(x), self.ref)
 
 
 def _descent_step(objective: _Objective, x: torch.Tensor, origin: torch.Tensor, alpha, eps) -> None:
@@ -93,7 +162,8 @@ def fgsm(
     """Fast Gradient Sign Method (Goodfellow et al.): one step of size ``eps``.
 
     Args:
-        model: the target (logits out), or a :class:`~vmd_fast.diagnose.TargetAdapter`.
+        model: the target (logits out), or a :class:`~vmd_fast.diagnose.TargetAdapter`
+            (whose objective is used unless ``loss``, ``labels`` or ``targeted`` is given).
         images: (N, C, H, W) in [0, 1].
         labels: (N,) class indices or 0/1 labels; ``None``: the model's predictions.
         eps: the L_inf budget (and step).

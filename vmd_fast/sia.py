@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vmd_fast import distributed, ops
+from vmd_fast.attacks import LossAdapter, LossFn
 from vmd_fast.diagnose.metrics import psnr, sdar
 from vmd_fast.diagnose.result import DiagnosisResult
 from vmd_fast.diagnose.targets import TargetAdapter, adapter_for, repeat_reference, target_label, target_name
@@ -166,6 +167,22 @@ def _check_inputs(x: torch.Tensor, a: Optional[torch.Tensor]) -> None:
             raise ValueError(f"{name} must lie in [0, 1]")
 
 
+def _target_adapter(target, example: torch.Tensor, loss: Optional[LossFn]) -> TargetAdapter:
+    """``target``'s adapter, searching with the user's ``loss`` when one is given."""
+    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=example)
+    return adapter if loss is None else LossAdapter(adapter, loss)
+
+
+def _seeded(seed: Optional[int], generator: Optional[torch.Generator]) -> Optional[torch.Generator]:
+    if seed is None:
+        return generator
+    if generator is not None:
+        raise ValueError("give seed or generator, not both")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    return torch.Generator().manual_seed(seed)
+
+
 class _SIALoop:
     """The T steps of Eq. 2.1 on static buffers ``x``, ``a`` (updated in place).
 
@@ -238,6 +255,8 @@ def attack(
     editor: Optional[nn.Module] = None,
     config: Optional[SIAConfig] = None,
     generator: Optional[torch.Generator] = None,
+    loss: Optional[LossFn] = None,
+    seed: Optional[int] = None,
     **overrides,
 ) -> SIAAttack:
     """Run SIA (Algorithm 1) on a whole batch.
@@ -252,9 +271,24 @@ def attack(
         config: :class:`SIAConfig`; keyword ``overrides`` replace its fields
             (``steps=50, mode="image"``).
         generator: seeds the keypoint adapter's random target points.
+        loss: your own per-image loss ``loss(outputs, labels) -> (N,)`` to ascend instead of
+            the adapter's objective, ``labels`` being the target's predictions on ``x``
+            (torchattacks' convention, as in :func:`vmd_fast.attacks.pgd`; see
+            :class:`vmd_fast.attacks.LossAdapter`). Success is still judged by the adapter.
+        seed: the same as ``generator=torch.Generator().manual_seed(seed)``.
 
     Returns:
         :class:`SIAAttack`.
+
+    Example:
+        >>> from vmd_fast import zoo
+        >>> target, editor = zoo.load("eyeglasses_classifier"), zoo.load("editor")
+        >>> x, a = _world_images(2, editor.attributes, seed=0)
+        >>> # A Carlini-Wagner-style margin: push the logit past the boundary by 2, then stop.
+        >>> margin = lambda out, y: torch.where(y > 0, -out[:, 0], out[:, 0]).clamp(max=2.0)
+        >>> result = attack(target, x, a, editor=editor, steps=3, loss=margin, seed=0)
+        >>> result.a_T.shape, result.success.shape
+        (torch.Size([2, 12]), torch.Size([2]))
     """
     cfg = config or SIAConfig()
     if overrides:
@@ -268,7 +302,8 @@ def attack(
     unknown = [p for p in cfg.protect if p not in names]
     if unknown:
         raise ValueError(f"protect names attributes the editor does not have: {unknown} (it has {names})")
-    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=x)
+    generator = _seeded(seed, generator)
+    adapter = _target_adapter(target, x, loss)
     x0, a0 = x.detach().clone(), a.detach().clone()
     with torch.no_grad():
         ref = adapter.reference(adapter.outputs(x0), generator=generator)
@@ -307,6 +342,7 @@ def diagnose(
     seed: int = 0,
     device=None,
     progress: bool = True,
+    loss: Optional[LossFn] = None,
     **overrides,
 ) -> DiagnosisResult:
     """SIA model diagnosis: Algorithm 1 over many images, reported like ZOOM.
@@ -325,6 +361,8 @@ def diagnose(
             on any device: host tensors are pinned a batch at a time and copied to
             ``device`` one batch ahead of the attack (:class:`vmd_fast.io.prefetch.DevicePrefetcher`).
         config, overrides: :class:`SIAConfig` and field overrides.
+        loss: a per-image loss to ascend instead of the adapter's objective, as in
+            :func:`attack`; the report's ``config["loss"]`` names it.
         batch_size: images attacked together.
         seed: seeds the rendered faces and, with ``seed + b``, batch b's keypoint targets.
 
@@ -364,7 +402,7 @@ def diagnose(
     if not cfg.protect and label in names:
         # The attribute the target classifies is its ground truth: hold it (thesis 2.4.2).
         cfg = SIAConfig(**{**cfg.__dict__, "protect": (label,)})
-    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=images[:1].to(device))
+    adapter = _target_adapter(target, images[:1].to(device), loss)
     parts: Dict[str, List[torch.Tensor]] = {k: [] for k in ("x0", "a0", "aT", "adv", "success", "joint_change", "single", "single_change", "single_flip", "psnr", "ssim")}
     bar = tqdm(zip(mine, batch_rows), total=len(mine), desc="SIA", unit="batch",
                disable=not (progress and distributed.is_main()))
@@ -400,7 +438,8 @@ def diagnose(
         attributes=names or [f"attribute_{i}" for i in range(codes.shape[1])],
         changes=changes, flipped=cat["single_flip"], originals=cat["x0"], counterfactuals=cat["single"], codes=codes,
         multi={"counterfactuals": cat["adv"], "codes": codes, "flipped": cat["success"], "changes": cat["joint_change"]},
-        config={**cfg.__dict__, "protect": list(cfg.protect), "n_images": int(total), "seed": seed},
+        config={**cfg.__dict__, "protect": list(cfg.protect), "n_images": int(total), "seed": seed,
+                "loss": None if loss is None else getattr(loss, "__name__", type(loss).__name__)},
         metrics={"attack_success_rate": float(cat["success"].float().mean()),
                  "psnr": float(finite_psnr.mean()) if finite_psnr.numel() else float("inf"),
                  "ssim": float(cat["ssim"].nanmean()), "sdar": sdar(changes.double().mean(0)),
@@ -420,6 +459,8 @@ def spt_attack(
     protect: Sequence[str] = (),
     eps_protect: float = 0.05,
     generator: Optional[torch.Generator] = None,
+    loss: Optional[LossFn] = None,
+    seed: Optional[int] = None,
 ) -> SIAAttack:
     """SPT-style semantic attack (Joshi et al. 2019): attributes only, optimised with RMSProp.
 
@@ -428,7 +469,7 @@ def spt_attack(
     SIA's sign step; attributes stay in [0, 1] and within ``eps_a`` of their start.
 
     Args:
-        target, x, a, editor, protect, eps_protect, generator: as in :func:`attack`.
+        target, x, a, editor, protect, eps_protect, generator, loss, seed: as in :func:`attack`.
         steps: optimiser steps.
         lr: RMSProp's learning rate.
         eps_a: L_inf radius of the attribute change.
@@ -444,7 +485,8 @@ def spt_attack(
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     names = _editor_attributes(editor, a)
-    adapter = target if isinstance(target, TargetAdapter) else adapter_for(target, example=x)
+    generator = _seeded(seed, generator)
+    adapter = _target_adapter(target, x, loss)
     x0, a0 = x.detach().clone(), a.detach().clone()
     with torch.no_grad():
         ref = adapter.reference(adapter.outputs(x0), generator=generator)
