@@ -17,7 +17,7 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence
 
@@ -71,6 +71,38 @@ def add_ct_labels_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct-labels", choices=COUNTERFACTUAL_LABELS, default="prediction",
                         help="CT's counterfactual labels: the original predicted class (Eq. 3.12, default) "
                              "or its probabilities")
+
+
+def add_ct_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--epochs`` / ``--lr`` / ``--n-diagnose``: CT's schedule and the size of its
+    evaluation instead of the size's (longer CT runs, better-powered flip resistance)."""
+    parser.add_argument("--epochs", type=_positive_int, default=None,
+                        help="CT (and control) epochs instead of the size's")
+    parser.add_argument("--lr", type=_positive_float, default=None,
+                        help="CT (and control) learning rate instead of the size's")
+    parser.add_argument("--n-diagnose", type=_positive_int, default=None,
+                        help="held-out generator samples the ZOOM evaluation searches on, instead of the size's")
+
+
+def with_schedule(settings, args: argparse.Namespace):
+    """``settings`` (a dataclass with ``epochs``, ``lr`` and ``n_diagnose``) with
+    ``--epochs`` / ``--lr`` / ``--n-diagnose`` applied."""
+    changes = {k: getattr(args, k) for k in ("epochs", "lr", "n_diagnose") if getattr(args, k, None) is not None}
+    return replace(settings, **changes)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
 
 
 def seed_everything(seed: int) -> None:

@@ -64,6 +64,7 @@ SIZES = {
 def _extra(parser):
     parser.add_argument("--target", default="smile_bias_hat", help="zoo planted-bias classifier (default: %(default)s)")
     common.add_ct_labels_argument(parser)
+    common.add_ct_schedule_arguments(parser)
 
 
 def measure(model, label: str, planted: str, groups, prompts, generator, clip, rel, s: Settings, args) -> dict:
@@ -99,7 +100,7 @@ def charts(measurements: dict) -> list:
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
-    s = SIZES[args.size]
+    s = common.with_schedule(SIZES[args.size], args)
     common.seed_everything(args.seed)
     assets = common.load_assets([args.target, "generator", "clip"], args.assets, args.device)
     biased, generator, clip = assets[args.target], assets["generator"], assets["clip"]

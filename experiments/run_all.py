@@ -68,6 +68,9 @@ Choices that differ from the thesis or that it leaves open:
   multi-attribute FR-25 went 43.75 -> 25.00 % and FR-100 6.25 -> 0.00 % (accuracy 99.10 ->
   98.55 %), and on `smile_bias_hat` the hat sensitivity went 0.1515 -> 0.1517 with the
   worst-group accuracy at 0.40 % before and after: neither relation held.
+- The two CT scripts take `--epochs`, `--lr` and `--n-diagnose` to run CT longer or
+  measure its flip resistance on more held-out samples than the size's settings; each
+  results file records the settings it ran with.
 """
 
 

@@ -68,6 +68,7 @@ SIZES = {
 def _extra(parser):
     parser.add_argument("--target", default="smile_classifier", help="zoo classifier to train (default: %(default)s)")
     common.add_ct_labels_argument(parser)
+    common.add_ct_schedule_arguments(parser)
 
 
 def flip_resistance(model, prompts, generator, clip, relevance, s: Settings, args):
@@ -90,7 +91,7 @@ def charts(measurements: dict) -> list:
 def experiment(argv: Optional[Sequence[str]] = None) -> dict:
     args = common.parse_args(NAME, __doc__.splitlines()[0], argv, _extra)
     started = time.time()
-    s = SIZES[args.size]
+    s = common.with_schedule(SIZES[args.size], args)
     common.seed_everything(args.seed)
     assets = common.load_assets([args.target, "generator", "clip"], args.assets, args.device)
     regular, generator, clip = assets[args.target], assets["generator"], assets["clip"]

@@ -92,7 +92,10 @@ def test_missing_assets_are_named_in_one_line(tmp_path, capsys, monkeypatch):
 def test_table_3_3_reports_accuracy_and_flip_resistance(toy_world, tmp_path):
     from experiments import table_3_3_counterfactual_training as script
 
-    record, markdown = _run(script, tmp_path)
+    record, markdown = _run(script, tmp_path, "--epochs", "2", "--lr", "2e-4", "--n-diagnose", "3")
+    assert {k: record["settings"][k] for k in ("epochs", "lr", "n_diagnose")} == {"epochs": 2, "lr": 2e-4,
+                                                                                 "n_diagnose": 3}
+    assert len(record["measurements"]["ct_history"]) == 2 and "CT: 2 epoch(s)" in markdown
     models = record["measurements"]["models"]
     assert set(models) == {"regular", "CT"}
     for row in models.values():
@@ -184,6 +187,15 @@ def test_cutmix_keeps_the_positive_share_as_the_label():
             break
     assert soft.shape == (8,) and ((soft >= 0) & (soft <= 1)).all()
     assert not torch.equal(soft, y), "a mixed batch gets mixed labels"
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--lr", "-1e-4"), ("--lr", "inf"), ("--n-diagnose", "1.5")])
+def test_ct_schedule_flags_reject_bad_values(flag, value, capsys):
+    from experiments import planted_bias_ct as script
+
+    with pytest.raises(SystemExit) as stop:
+        script.main([flag, value])
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_planted_bias_ct_reports_sensitivity_and_group_accuracies(toy_world, tmp_path):
