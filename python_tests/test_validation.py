@@ -62,23 +62,24 @@ def test_zoom_puts_the_planted_attribute_on_top_and_the_twin_does_not(zoom_world
     assert twin.ranking()[0] != zoom.WORLD_PROMPTS[spurious]
 
 
-SIA_MISSES = pytest.mark.xfail(
-    strict=False,
-    reason="measured 2026-12-07 (32 images, 100 steps): SIA puts a hat before the beard "
-    "(ZOOM, with 64 channels per direction, puts the beard on top)",
-)
+# 128 faces: at 32, bangs_bias_beard's beard (0.050) and a hat (0.053) were within one
+# standard error. Measured 2026-12-07 at 128 faces, 100 steps, one thread: the planted
+# attribute leads the runner-up by a paired 0.0445 +- 0.0043 (smile_bias_hat), 0.0168 +-
+# 0.0051 (earrings_bias_eyeglasses) and 0.0086 +- 0.0054 (bangs_bias_beard; with seed 1:
+# 0.0097 +- 0.0059). The last is the thin one: Eq. 2.2 counts sign steps, and a beard
+# already absent cannot be removed further (its code sits at the bound of [0, 1]).
+SIA_FACES = 128
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=SIA_MISSES) if n == "bangs_bias_beard" else n for n in PLANTED])
+@pytest.mark.parametrize("name", PLANTED)
 def test_sia_puts_the_planted_attribute_on_top_and_agrees_with_zoom(zoom_world, name):
     biased = _load(name)
     label, spurious = _bias(biased)
     editor = _load("editor")
-    result = sia.diagnose(biased, n_images=32, editor=editor, steps=100, protect=[label], progress=False)
+    result = sia.diagnose(biased, n_images=SIA_FACES, editor=editor, steps=100, protect=[label], progress=False)
     ranking = [a for a in result.ranking() if a != label]
-    assert ranking[0] == spurious
+    assert ranking[0] == spurious, result.sensitivity
     zoom_top = _zoom(zoom_world, biased, _world_attributes_without(label)).ranking()[0]
     assert zoom_top == zoom.WORLD_PROMPTS[ranking[0]]
 
