@@ -249,6 +249,8 @@ def test_a_users_loss_is_checked_by_name(gen):
     images = torch.rand(4, 3, 8, 8, generator=gen)
     with pytest.raises(ValueError, match=r"labels must have one entry per image \(N=4\)"):
         attacks.pgd(model, images, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match="labels contain NaN or Inf"):
+        attacks.pgd(RedClassifier(), images, torch.tensor([1.0, float("nan"), 0.0, 1.0]))
     with pytest.raises(TypeError, match="flipped needs a TargetAdapter"):
         attacks.LossAdapter(model).flipped(model(images), {})
 

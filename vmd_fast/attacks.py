@@ -102,6 +102,8 @@ class LossAdapter(TargetAdapter):
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != outputs.shape[0]:
             raise ValueError(f"labels must have one entry per image (N={outputs.shape[0]}), "
                              f"got {tuple(getattr(labels, 'shape', ())) or type(labels).__name__}")
+        if self.labels is not None and labels.is_floating_point() and not torch.isfinite(labels).all():
+            raise ValueError("labels contain NaN or Inf")
         ref["loss_labels"] = labels.detach().to(outputs.device)
         return ref
 
